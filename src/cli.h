@@ -1,0 +1,11 @@
+// cli.h: each `frugal` subcommand lives in src/cmd_<name>.cpp and registers itself on the app.
+// The callback runs the command; errors are thrown as frugal::Error and reported by main().
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace frugal {
+void register_init(CLI::App& app);     // frugal init: random-init model in HF format
+void register_inspect(CLI::App& app);  // frugal inspect: list tensors of a safetensors file
+void register_bench(CLI::App& app);    // frugal bench ops|...: benchmarks
+void register_eval(CLI::App& app);     // frugal eval: loss / perplexity on a token file
+}  // namespace frugal
