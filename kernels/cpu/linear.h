@@ -1,0 +1,34 @@
+// linear.h: frozen linear layers y = x·Wᵀ with W: [out, in] in bf16 or NF4 (QLoRA base weights).
+//   forward          y[M,out]  = x[M,in]·Wᵀ + beta·y      (fp32 out, bf16 operands)
+//   backward_input   dx[M,in]  = dy[M,out]·W + beta·dx
+//   backward_weight  dW[out,in] += dyᵀ·x                  (for trainable bf16 weights)
+// NF4 weights are dequantized tile by tile (a block of rows of W into a bounded bf16 scratch),
+// never the whole matrix.
+#pragma once
+#include "quant/nf4.h"
+#include "src/common.h"
+
+namespace frugal {
+
+struct FrozenWeight {  // W: [out, in], frozen (no gradient)
+  enum class Kind { BF16, NF4 } kind = Kind::BF16;
+  int64_t out = 0, in = 0;
+  avector<bf16> w;     // Kind::BF16: [out, in]
+  quant::NF4Tensor q;  // Kind::NF4
+  static FrozenWeight from_bf16(avector<bf16> w, int64_t out, int64_t in);
+  static FrozenWeight quantize_nf4(const bf16* w, int64_t out, int64_t in, int blocksize = 64,
+                                   bool double_quant = true);
+  size_t bytes() const;
+};
+
+// y[M,out] (fp32) = x[M,in] (bf16) · Wᵀ + beta*y
+void linear_forward(float* y, const bf16* x, const FrozenWeight& W, int M, float beta = 0.f);
+// dx[M,in] (fp32) = dy[M,out] (bf16) · W + beta*dx
+void linear_backward_input(float* dx, const bf16* dy, const FrozenWeight& W, int M, float beta = 0.f);
+// dW[out,in] (fp32) += dyᵀ · x      (dy: [M,out] bf16, x: [M,in] bf16)
+void linear_backward_weight(float* dW, const bf16* dy, const bf16* x, int M, int64_t out, int64_t in);
+
+// Rows of W dequantized per NF4 tile (bounded scratch: tile_rows·in bf16).
+int linear_nf4_tile_rows(int64_t in);
+
+}  // namespace frugal

@@ -1,0 +1,89 @@
+// model_load.cpp: LlamaModel::load: config.json + safetensors (single file or sharded index) into
+// bf16 embeddings / lm_head, fp32 norm weights and frozen decoder linears (bf16 or NF4 quantized
+// at load from the bf16 values). Every tensor's presence and shape is checked; errors name the
+// tensor and the file it came from.
+#include <filesystem>
+
+#include "src/model.h"
+#include "src/safetensors.h"
+
+namespace frugal {
+
+static std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); i++) r += (i ? "," : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+namespace {
+struct Loader {
+  const SafetensorsModel& st;
+  std::string where;  // the model dir, for tensors that are missing altogether
+
+  const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const {
+    if (!st.has(name)) fail("missing tensor ", name, " in model ", where);
+    const TensorView& t = st.get(name);
+    if (t.shape != shape)
+      fail("tensor ", name, " in ", t.file, " has shape ", shape_str(t.shape), ", expected ",
+           shape_str(shape));
+    return t;
+  }
+  avector<bf16> bf16s(const std::string& name, const std::vector<int64_t>& shape) const {
+    const TensorView& t = get(name, shape);
+    avector<bf16> v((size_t)t.numel());
+    to_bf16(t, v.data());
+    return v;
+  }
+  avector<float> floats(const std::string& name, const std::vector<int64_t>& shape) const {
+    const TensorView& t = get(name, shape);
+    avector<float> v((size_t)t.numel());
+    to_float(t, v.data());
+    return v;
+  }
+};
+}  // namespace
+
+LlamaModel LlamaModel::load(const std::string& dir, const ModelOptions& opt) {
+  LlamaConfig cfg = LlamaConfig::load(dir);
+  if (cfg.architecture != "LlamaForCausalLM")
+    fail("model ", dir, ": architecture ", cfg.architecture, " is not supported (LlamaForCausalLM)");
+  FRUGAL_CHECK(opt.nf4_blocksize > 0, "nf4 blocksize ", opt.nf4_blocksize);
+  LlamaModel m(cfg, opt);
+  SafetensorsModel st(dir);
+  Loader ld{st, dir};
+  const int64_t V = cfg.vocab_size, C = cfg.hidden_size, Q = cfg.q_dim(), KV = cfg.kv_dim();
+  const int64_t F = cfg.intermediate_size;
+
+  m.embed = ld.bf16s("model.embed_tokens.weight", {V, C});
+  if (!cfg.tie_word_embeddings) m.lm_head_w = ld.bf16s("lm_head.weight", {V, C});
+  m.norm.name = "model.norm.weight";
+  m.norm.w = ld.floats(m.norm.name, {C});
+
+  auto linear = [&](LinearSite& s, const std::string& name, int64_t out, int64_t in) {
+    s.name = name;
+    avector<bf16> w = ld.bf16s(name, {out, in});
+    if (opt.quant == QuantMode::NF4)
+      s.W = FrozenWeight::quantize_nf4(w.data(), out, in, opt.nf4_blocksize, opt.nf4_double_quant);
+    else
+      s.W = FrozenWeight::from_bf16(std::move(w), out, in);
+  };
+  m.blocks.resize(cfg.num_hidden_layers);
+  for (int i = 0; i < cfg.num_hidden_layers; i++) {
+    LlamaBlock& b = m.blocks[i];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    b.ln1.name = p + "input_layernorm.weight";
+    b.ln1.w = ld.floats(b.ln1.name, {C});
+    b.ln2.name = p + "post_attention_layernorm.weight";
+    b.ln2.w = ld.floats(b.ln2.name, {C});
+    linear(b.q, p + "self_attn.q_proj.weight", Q, C);
+    linear(b.k, p + "self_attn.k_proj.weight", KV, C);
+    linear(b.v, p + "self_attn.v_proj.weight", KV, C);
+    linear(b.o, p + "self_attn.o_proj.weight", C, Q);
+    linear(b.gate, p + "mlp.gate_proj.weight", F, C);
+    linear(b.up, p + "mlp.up_proj.weight", F, C);
+    linear(b.down, p + "mlp.down_proj.weight", C, F);
+  }
+  return m;
+}
+
+}  // namespace frugal
