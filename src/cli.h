@@ -8,4 +8,6 @@ void register_init(CLI::App& app);     // frugal init: random-init model in HF f
 void register_inspect(CLI::App& app);  // frugal inspect: list tensors of a safetensors file
 void register_bench(CLI::App& app);    // frugal bench ops|...: benchmarks
 void register_eval(CLI::App& app);     // frugal eval: loss / perplexity on a token file
+void register_train(CLI::App& app);    // frugal train RECIPE.toml: QLoRA fine-tuning
+void register_export(CLI::App& app);   // frugal export: PEFT adapter / merged HF model
 }  // namespace frugal

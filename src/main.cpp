@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   frugal::register_inspect(app);
   frugal::register_bench(app);
   frugal::register_eval(app);
+  frugal::register_train(app);
+  frugal::register_export(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -68,6 +68,16 @@ void check_weight(const FrozenWeight& W, const char* who) {
   }
 }
 
+// The calling thread's dequantization scratch (kept between calls: bounded by one tile).
+bf16* thread_scratch(size_t n) {
+  thread_local avector<bf16> buf;
+  if (buf.size() < n) {
+    avector<bf16>().swap(buf);
+    buf.resize(n);
+  }
+  return buf.data();
+}
+
 }  // namespace
 
 // y[M,out] = x[M,in]·Wᵀ + beta·y
@@ -90,14 +100,14 @@ void linear_forward(float* y, const bf16* x, const FrozenWeight& W, int M, float
   std::string err;
 #pragma omp parallel
   {
-    avector<bf16> scratch((size_t)tr * in);  // this thread's tile: [tr, in] bf16
+    bf16* scratch = thread_scratch((size_t)tr * in);  // this thread's tile: [tr, in] bf16
 #pragma omp for schedule(dynamic, 1)
     for (int ti = 0; ti < ntiles; ++ti) {
       const int o0 = ti * tr, rows = std::min(tr, out - o0);
       try {
-        quant::nf4_dequantize_bf16(W.q, (int64_t)o0 * in, (int64_t)rows * in, scratch.data());
+        quant::nf4_dequantize_bf16(W.q, (int64_t)o0 * in, (int64_t)rows * in, scratch);
         // y[:, o0:o0+rows] = x · tileᵀ + beta·y[:, o0:o0+rows]
-        gemm_bf16(false, true, M, rows, in, 1.f, x, in, scratch.data(), in, beta, y + o0, out);
+        gemm_bf16(false, true, M, rows, in, 1.f, x, in, scratch, in, beta, y + o0, out);
       } catch (const std::exception& e) {
 #pragma omp critical(frugal_linear_err)
         if (err.empty()) err = e.what();
@@ -128,7 +138,7 @@ void linear_backward_input(float* dx, const bf16* dy, const FrozenWeight& W, int
   std::string err;
 #pragma omp parallel
   {
-    avector<bf16> scratch((size_t)std::min(tr, out) * ti);  // this thread's tile: [tr, ti] bf16
+    bf16* scratch = thread_scratch((size_t)std::min(tr, out) * ti);  // this thread's tile: [tr, ti] bf16
 #pragma omp for schedule(dynamic, 1)
     for (int si = 0; si < nslabs; ++si) {
       const int i0 = si * ti, cols = std::min(ti, in - i0);
@@ -136,8 +146,8 @@ void linear_backward_input(float* dx, const bf16* dy, const FrozenWeight& W, int
         for (int o0 = 0; o0 < out; o0 += tr) {
           const int rows = std::min(tr, out - o0);
           for (int r = 0; r < rows; ++r)
-            quant::nf4_dequantize_bf16(W.q, (int64_t)(o0 + r) * in + i0, cols, scratch.data() + (size_t)r * cols);
-          gemm_bf16(false, false, M, cols, rows, 1.f, dy + o0, out, scratch.data(), cols,
+            quant::nf4_dequantize_bf16(W.q, (int64_t)(o0 + r) * in + i0, cols, scratch + (size_t)r * cols);
+          gemm_bf16(false, false, M, cols, rows, 1.f, dy + o0, out, scratch, cols,
                     o0 == 0 ? beta : 1.f, dx + i0, in);
         }
       } catch (const std::exception& e) {
