@@ -10,4 +10,6 @@ void register_bench(CLI::App& app);    // frugal bench ops|...: benchmarks
 void register_eval(CLI::App& app);     // frugal eval: loss / perplexity on a token file
 void register_train(CLI::App& app);    // frugal train RECIPE.toml: QLoRA fine-tuning
 void register_export(CLI::App& app);   // frugal export: PEFT adapter / merged HF model
+void register_tokenize(CLI::App& app); // frugal tokenize: text -> token ids (tokenizer.json)
+void register_import_gguf(CLI::App& app);  // frugal import-gguf: llama.cpp GGUF -> HF model dir
 }  // namespace frugal

@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   frugal::register_eval(app);
   frugal::register_train(app);
   frugal::register_export(app);
+  frugal::register_tokenize(app);
+  frugal::register_import_gguf(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

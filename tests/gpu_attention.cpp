@@ -26,6 +26,9 @@ struct Case {
   const char* name;
   int B, T, S, H, Hkv, D, left, right;
 };
+// Test names print the case name, not the struct's bytes (keeps ctest names stable).
+inline void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 
 std::vector<float> randn(size_t n, uint32_t seed, float sd) {
   std::mt19937 rng(seed);
