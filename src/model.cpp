@@ -3,6 +3,7 @@
 #include "src/model.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -54,10 +55,12 @@ int64_t count_targets(const int32_t* targets, size_t n) {
 
 void linear_site_forward(const LinearSite& L, const bf16* x, float* y, int N, float beta) {
   linear_forward(y, x, L.W, N, beta);  // y[N,out] = x[N,in]·Wᵀ + beta·y
+  if (L.lora) lora_forward(*L.lora, x, y, N);  // y += s·(dropout(x)·Aᵀ)·Bᵀ, saves u [N,r]
 }
 
 void linear_site_backward(LinearSite& L, const bf16* dy, const bf16* x, float* dx, int N, float beta) {
   linear_backward_input(dx, dy, L.W, N, beta);  // dx[N,in] = dy[N,out]·W + beta·dx
+  if (L.lora) lora_backward(*L.lora, dy, x, dx, N);  // dA, dB +=; dx += dropout'(s·dy·B·A)
   if (L.trainable) {
     FRUGAL_CHECK(x != nullptr, "linear ", L.name, " is trainable but its input was not provided");
     linear_backward_weight(L.grad.data(), dy, x, N, L.W.out, L.W.in);  // grad[out,in] += dyᵀ·x
@@ -221,6 +224,7 @@ ForwardStats LlamaModel::head_loss(const Batch& b, const float* xf, float grad_s
 // ---- public passes --------------------------------------------------------------------------------
 
 const float* LlamaModel::run_eval(const Batch& b) {
+  set_lora_mode(false);  // no dropout outside training
   prepare(b.B, b.T, false);
   embed_input(b, xs_[0].data());
   const int L = cfg_.num_hidden_layers;
@@ -234,6 +238,8 @@ ForwardStats LlamaModel::forward(const Batch& b, float* losses) {
 }
 
 ForwardStats LlamaModel::forward_backward(const Batch& b, float grad_scale) {
+  set_lora_mode(true);  // this micro-batch's dropout masks (recomputation reuses the same keys)
+  drop_micro_++;
   prepare(b.B, b.T, true);
   const int L = cfg_.num_hidden_layers;
   const size_t NC = (size_t)b.B * b.T * cfg_.hidden_size;
@@ -315,6 +321,8 @@ void LlamaModel::zero_grad() {
   for (auto& blk : blocks) {
     for (LinearSite* s : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down}) z(s->grad);
     z(blk.ln1.grad), z(blk.ln2.grad);
+    for (LinearSite* s : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down})
+      if (s->lora) z(s->lora->dA), z(s->lora->dB);
   }
   z(norm.grad), z(embed_grad), z(lm_head_grad);
 }
@@ -329,6 +337,12 @@ MemoryReport LlamaModel::memory_report() const {
       r.frozen_linear_bytes += s->W.bytes();
       r.frozen_linear_params += (size_t)s->W.out * s->W.in;
       r.grad_bytes += fb(s->grad);
+      if (s->lora) {
+        r.lora_bytes += s->lora->weight_bytes();
+        r.lora_params += s->lora->A.size() + s->lora->B.size();
+        r.grad_bytes += s->lora->grad_bytes();
+        r.activation_bytes += fb(s->lora->u);
+      }
     }
     r.norm_bytes += fb(blk.ln1.w) + fb(blk.ln2.w);
     r.grad_bytes += fb(blk.ln1.grad) + fb(blk.ln2.grad);
@@ -351,8 +365,94 @@ std::string MemoryReport::str() const {
   auto mb = [](size_t b) { return frugal::str((double)b / (1 << 20), " MiB"); };
   return frugal::str("frozen linears ", mb(frozen_linear_bytes), " (", frozen_linear_params, " params, ",
              frozen_linear_params ? 8.0 * frozen_linear_bytes / frozen_linear_params : 0.0,
-             " bits/param), embeddings ", mb(embedding_bytes), ", norms ", mb(norm_bytes), ", grads ",
+             " bits/param), embeddings ", mb(embedding_bytes), ", norms ", mb(norm_bytes), ", lora ",
+             mb(lora_bytes), " (", lora_params, " params), grads ",
              mb(grad_bytes), ", activations ", mb(activation_bytes), ", total ", mb(total()));
+}
+
+// ---- LoRA ------------------------------------------------------------------------------------------
+
+namespace {
+template <class Blk>
+auto sites_of(Blk& blk) {  // site order q,k,v,o,gate,up,down (= lora_site_names())
+  return std::array{&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down};
+}
+}  // namespace
+
+void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed) {
+  if (lora_cfg_) fail("add_lora: the model already has LoRA adapters");
+  FRUGAL_CHECK(!blocks.empty(), "add_lora: model has no weights loaded");
+  cfg.validate();
+  LoraConfig c = cfg;
+  c.target_modules = LoraConfig::expand_targets(cfg.target_modules);
+  const auto& names = lora_site_names();
+  for (size_t l = 0; l < blocks.size(); l++) {
+    auto sites = sites_of(blocks[l]);
+    for (size_t si = 0; si < sites.size(); si++) {
+      if (std::find(c.target_modules.begin(), c.target_modules.end(), names[si]) == c.target_modules.end())
+        continue;
+      LinearSite& s = *sites[si];
+      s.lora = std::make_unique<LoraAdapter>(c.rank, s.W.in, s.W.out, c.scale(), c.dropout);
+      s.lora->layer = (int)l;
+      s.lora->site = (int)si;
+      lora_init(*s.lora, seed);
+    }
+  }
+  lora_cfg_ = std::make_unique<LoraConfig>(c);
+}
+
+std::vector<ParamRef> LlamaModel::trainable_params() {
+  std::vector<ParamRef> ps;
+  std::string bf16_trainable;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, avector<float>& w, avector<float>& g) {
+    FRUGAL_CHECK(w.size() == g.size(), "parameter ", name, " has no gradient buffer");
+    ps.push_back(ParamRef{name, std::move(shape), w.data(), g.data(), w.size()});
+  };
+  for (auto& blk : blocks)
+    for (LinearSite* s : sites_of(blk)) {
+      if (s->trainable) bf16_trainable += " " + s->name;
+      if (!s->lora) continue;
+      LoraAdapter& a = *s->lora;
+      add(peft_lora_name(s->name, 'A'), {a.r, a.in}, a.A, a.dA);
+      add(peft_lora_name(s->name, 'B'), {a.out, a.r}, a.B, a.dB);
+    }
+  for (auto& blk : blocks)
+    for (NormParam* p : {&blk.ln1, &blk.ln2})
+      if (p->trainable) add(p->name, {(int64_t)p->w.size()}, p->w, p->grad);
+  if (norm.trainable) add(norm.name, {(int64_t)norm.w.size()}, norm.w, norm.grad);
+  if (embed_trainable) bf16_trainable += " model.embed_tokens.weight";
+  if (lm_head_trainable) bf16_trainable += " lm_head.weight";
+  if (!bf16_trainable.empty())
+    fail("trainable_params: these trainable tensors are stored in bf16/NF4 without an fp32 master weight "
+         "and cannot be optimized:", bf16_trainable);
+  return ps;
+}
+
+void LlamaModel::sync_lora() {
+  for (auto& blk : blocks)
+    for (LinearSite* s : sites_of(blk))
+      if (s->lora) s->lora->sync_compute_copies();
+}
+
+void LlamaModel::set_dropout_rng(uint64_t seed, uint64_t step) {
+  drop_seed_ = seed;
+  drop_step_ = step;
+  drop_micro_ = 0;
+}
+
+void LlamaModel::set_lora_mode(bool training) {
+  if (!lora_cfg_) return;
+  for (auto& blk : blocks)
+    for (LinearSite* s : sites_of(blk))
+      if (s->lora) {
+        s->lora->training = training;
+        s->lora->mask_key = lora_mask_key(drop_seed_, drop_step_, drop_micro_, s->lora->layer, s->lora->site);
+      }
+}
+
+LoraAdapter* LlamaModel::lora_adapter(const std::string& n) {
+  LinearSite* s = find_linear(n);
+  return s ? s->lora.get() : nullptr;
 }
 
 }  // namespace frugal

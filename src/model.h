@@ -20,8 +20,14 @@
 // (att, silu(gate)·up) are re-derived in backward, only when that linear needs its input
 // (trainable weight). With checkpointing only x [N,C] f32 is kept per block; backward recomputes
 // the block into one scratch set (bitwise identical results: the same ops on the same inputs).
+//
+// LoRA (add_lora, src/lora.h) attaches at the linear call sites: linear_site_forward adds
+// s·(dropout(x)·Aᵀ)·Bᵀ and keeps u = dropout(x)·Aᵀ [N,r] fp32 in the adapter (r ≪ C: 7 sites
+// cost 4·r·7 bytes per token per block, e.g. 448 B at r = 16); with checkpointing the block's
+// recomputed forward rewrites u before its backward. Dropout is on in forward_backward only.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,6 +35,8 @@
 #include "kernels/cpu/rope.h"
 #include "src/common.h"
 #include "src/config.h"
+#include "src/lora.h"
+#include "src/params.h"
 
 namespace frugal {
 
@@ -54,13 +62,15 @@ struct ForwardStats {
   }
 };
 
-// One decoder linear call site: the frozen base weight plus (later) its LoRA adapter.
+// One decoder linear call site: the frozen base weight plus its optional LoRA adapter.
 struct LinearSite {
   std::string name;        // HF tensor name, e.g. model.layers.0.self_attn.q_proj.weight
   FrozenWeight W;          // [out, in]
   bool trainable = false;
   avector<float> grad;     // [out, in] fp32, allocated only when trainable
-  bool needs_input() const { return trainable; }  // backward needs the bf16 input of the GEMM
+  std::unique_ptr<LoraAdapter> lora;  // y += s·(dropout(x)·Aᵀ)·Bᵀ when set (src/lora.h)
+  // backward needs the bf16 input of the GEMM (for dW, or for LoRA's dA)
+  bool needs_input() const { return trainable || lora != nullptr; }
 };
 
 // An fp32 parameter (norm weights) or a bf16 one (embedding, lm_head) with an optional gradient.
@@ -81,9 +91,13 @@ struct MemoryReport {
   size_t frozen_linear_params = 0;
   size_t embedding_bytes = 0;      // embed_tokens (+ lm_head when untied), bf16
   size_t norm_bytes = 0;           // fp32 norm weights
-  size_t grad_bytes = 0;           // gradient buffers of trainable tensors
-  size_t activation_bytes = 0;     // buffers held for the last forward/backward
-  size_t total() const { return frozen_linear_bytes + embedding_bytes + norm_bytes + grad_bytes + activation_bytes; }
+  size_t lora_bytes = 0;           // LoRA master weights A, B (fp32) (+ bf16 copies if any)
+  size_t lora_params = 0;
+  size_t grad_bytes = 0;           // gradient buffers of trainable tensors (incl. LoRA dA, dB)
+  size_t activation_bytes = 0;     // buffers held for the last forward/backward (incl. LoRA u)
+  size_t total() const {
+    return frozen_linear_bytes + embedding_bytes + norm_bytes + lora_bytes + grad_bytes + activation_bytes;
+  }
   std::string str() const;
 };
 
@@ -129,6 +143,22 @@ class LlamaModel {
 
   MemoryReport memory_report() const;
 
+  // ---- LoRA (src/lora.h) ----
+  // Attaches an adapter to every targeted linear of every layer, PEFT init (A ~ U(-1/√in, 1/√in),
+  // B = 0), deterministic in seed and independent of the thread count. Once per model.
+  void add_lora(const LoraConfig& cfg, uint64_t seed);
+  // LoRA A, B of every site (layer order; q,k,v,o,gate,up,down; A then B; PEFT names), then any
+  // trainable norm weight (HF name). Trainable bf16 tensors (linears, embeddings) have no fp32
+  // master weight to hand out: throws naming them.
+  std::vector<ParamRef> trainable_params();
+  void sync_lora();  // refresh compute copies after the optimizer step
+  // Dropout masks of the following forward_backward calls: micro-batch i (0, 1, ... counted from
+  // this call) of optimizer step `step` uses the stream lora_mask_key(seed, step, i, layer, site).
+  void set_dropout_rng(uint64_t seed, uint64_t step);
+  const LoraConfig* lora_config() const { return lora_cfg_ ? &*lora_cfg_ : nullptr; }
+  // The adapter of a linear (by HF weight name), null if none.
+  LoraAdapter* lora_adapter(const std::string& hf_weight_name);
+
   // ---- the network's parts (public for tests and the trainer) ----
   avector<bf16> embed;      // [V,C]
   avector<bf16> lm_head_w;  // [V,C], empty when tied
@@ -145,6 +175,9 @@ class LlamaModel {
   };
   LlamaConfig cfg_;
   ModelOptions opt_;
+  std::unique_ptr<LoraConfig> lora_cfg_;     // set by add_lora
+  uint64_t drop_seed_ = 0, drop_step_ = 0, drop_micro_ = 0;  // dropout stream (set_dropout_rng)
+  void set_lora_mode(bool training);         // dropout on/off and this pass's mask keys
   // buffers of the current batch shape
   int B_ = 0, T_ = 0;
   RopeTable rope_;
