@@ -12,4 +12,6 @@ void register_train(CLI::App& app);    // frugal train RECIPE.toml: QLoRA fine-t
 void register_export(CLI::App& app);   // frugal export: PEFT adapter / merged HF model
 void register_tokenize(CLI::App& app); // frugal tokenize: text -> token ids (tokenizer.json)
 void register_import_gguf(CLI::App& app);  // frugal import-gguf: llama.cpp GGUF -> HF model dir
+void register_prepare(CLI::App& app);  // frugal prepare: JSONL/text -> HDF5 token dataset
+void register_generate(CLI::App& app); // frugal generate: sampling with a KV cache
 }  // namespace frugal

@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   frugal::register_export(app);
   frugal::register_tokenize(app);
   frugal::register_import_gguf(app);
+  frugal::register_prepare(app);
+  frugal::register_generate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
