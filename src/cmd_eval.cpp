@@ -2,6 +2,8 @@
 // cross-entropy and perplexity of a model (optionally with a PEFT LoRA adapter).
 //   FILE.ids: a token stream cut into non-overlapping windows of seq_len tokens, every next token
 //             predicted;
+//   FILE.txt: text, tokenized with DIR/tokenizer.json as one stream with no special tokens added,
+//             then evaluated exactly as the ids of a .ids file (read_text_tokens);
 //   FILE.h5:  a frugal-tokens-v1 dataset (src/dataset.h), each sample its own sequence (first
 //             seq_len tokens), only loss-mask targets counted (evaluate_samples).
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -20,6 +23,7 @@
 #include "src/export.h"
 #include "src/model.h"
 #include "src/peft.h"
+#include "src/prepare.h"
 
 namespace frugal {
 
@@ -140,7 +144,7 @@ void register_eval(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "model dir (config.json + safetensors)")->required();
   cmd->add_option("--data", o->data,
-                  "token file: whitespace-separated ids (.ids), or an HDF5 frugal-tokens-v1 dataset (loss masks apply)")
+                  "token file: whitespace-separated ids (.ids), text (.txt, tokenized with DIR/tokenizer.json), or an HDF5 frugal-tokens-v1 dataset (loss masks apply)")
       ->required();
   cmd->add_option("--adapter", o->adapter, "PEFT LoRA adapter dir (adapter_config.json + adapter_model.safetensors)");
   cmd->add_option("--seq-len", o->seq_len, "window length (default min(1024, max_position_embeddings))");
@@ -159,7 +163,11 @@ void register_eval(CLI::App& app) {
       TokenDataset ds = TokenDataset::load(o->data);
       r = evaluate_samples(m, ds, seq_len, o->batch, o->data);
     } else {
-      std::vector<int32_t> ids = read_ids_file(o->data, m.config().vocab_size);
+      const bool txt = std::filesystem::path(o->data).extension() == ".txt";
+      std::vector<int32_t> ids =
+          txt ? read_text_tokens(o->data, (std::filesystem::path(o->model) / "tokenizer.json").string(),
+                                 m.config().vocab_size)
+              : read_ids_file(o->data, m.config().vocab_size);
       r = evaluate_windows(m, ids, seq_len, o->batch);
     }
     const double loss = r.stats.mean(), ppl = std::exp(loss);
@@ -169,7 +177,7 @@ void register_eval(CLI::App& app) {
                           {"predicted", r.stats.n_targets}, {"windows", r.windows},
                           {"seq_len", seq_len},    {"seconds", r.seconds},  {"tokens_per_s", tps},
                           {"quant", o->quant},     {"adapter", o->adapter},
-                          {"data_format", h5 ? "hdf5" : "ids"}};
+                          {"data_format", h5 ? "hdf5" : std::filesystem::path(o->data).extension() == ".txt" ? "text" : "ids"}};
       std::printf("%s\n", j.dump().c_str());
     } else {
       if (h5)

@@ -1,5 +1,64 @@
-// cmd_train.cpp: placeholder registration, replaced by the command's real implementation.
+// cmd_train.cpp: `frugal train RECIPE.toml [--set k=v ...] [--resume PATH|auto] [--max-steps N]
+// [--dry-run]`: QLoRA fine-tuning driven by a TOML recipe (src/recipe.h); the loop is Trainer
+// (src/trainer.h). --dry-run prints the effective recipe and the model/LoRA/memory plan and exits.
+// --resume auto continues from output_dir/checkpoints/latest when there is one (else starts fresh).
+// --max-steps N stops after optimizer step N (the schedule still spans train.steps), e.g. to
+// interrupt a run on purpose and resume it.
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "src/cli.h"
+#include "src/recipe.h"
+#include "src/trainer.h"
+
 namespace frugal {
-void register_train(CLI::App& app) { app.add_subcommand("train", "(being written)"); }
+
+namespace {
+struct TrainArgs {
+  std::string recipe, resume;
+  std::vector<std::string> sets;
+  int64_t max_steps = -1;
+  bool dry_run = false, quiet = false;
+};
+
+void run_train(const TrainArgs& a) {
+  const Recipe r = Recipe::load(a.recipe, a.sets);
+  if (a.dry_run) {
+    std::printf("# effective recipe (%s)\n%s\n", a.recipe.c_str(), r.to_toml().c_str());
+    std::printf("# plan\n%s", describe_recipe_plan(r).c_str());
+    return;
+  }
+  if (!a.quiet) std::fprintf(stderr, "%s", describe_recipe_plan(r).c_str());
+  Trainer t(r);
+  t.verbose = !a.quiet;
+  if (!a.resume.empty()) {
+    if (a.resume == "auto") {
+      const auto latest = std::filesystem::path(r.output_dir) / "checkpoints" / "latest";
+      if (std::filesystem::exists(latest))
+        t.resume(Trainer::latest_checkpoint(r.output_dir));
+      else
+        std::fprintf(stderr, "frugal train: --resume auto: no %s, starting from step 0\n", latest.c_str());
+    } else {
+      t.resume(a.resume);
+    }
+  }
+  t.run(a.max_steps);
+}
+}  // namespace
+
+void register_train(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  CLI::App* sub = app.add_subcommand("train", "QLoRA fine-tuning from a TOML recipe");
+  sub->add_option("recipe", a->recipe, "recipe file (TOML)")->required();
+  sub->add_option("--set", a->sets, "override a recipe key: --set lora.rank=32 (repeatable)");
+  sub->add_option("--resume", a->resume, "checkpoint to continue from, or 'auto' (output_dir/checkpoints/latest)");
+  sub->add_option("--max-steps", a->max_steps, "stop after optimizer step N (the LR schedule still spans train.steps)");
+  sub->add_flag("--dry-run", a->dry_run, "print the effective recipe and the model/LoRA/memory plan, then exit");
+  sub->add_flag("-q,--quiet", a->quiet, "no progress output (metrics.jsonl is still written)");
+  sub->callback([a] { run_train(*a); });
+}
+
 }  // namespace frugal

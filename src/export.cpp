@@ -2,6 +2,8 @@
 // safetensors, streamed one tensor at a time (see export.h).
 #include "src/export.h"
 
+#include "src/atomic_file.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -80,38 +82,6 @@ void export_merged(const std::string& checkpoint, const std::string& out_dir, co
 // ---- streaming merge ----------------------------------------------------------------------------
 namespace {
 
-struct OutFile {  // FILE* under a temporary name, removed unless committed
-  std::string tmp, final_path;
-  FILE* f = nullptr;
-  explicit OutFile(const fs::path& p) : tmp(p.string() + ".tmp." + std::to_string((long)getpid())), final_path(p.string()) {
-    f = std::fopen(tmp.c_str(), "wb");
-    if (!f) fail(final_path, ": cannot create ", tmp);
-  }
-  void write(const void* d, size_t n) {
-    if (n && std::fwrite(d, 1, n, f) != n) fail(final_path, ": write failed (disk full?)");
-  }
-  void commit() {
-    bool ok = std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-    ok = std::fclose(f) == 0 && ok;
-    f = nullptr;
-    if (!ok) fail(final_path, ": write failed (disk full?)");
-    std::error_code ec;
-    fs::rename(tmp, final_path, ec);
-    if (ec) fail(final_path, ": cannot rename ", tmp, ": ", ec.message());
-  }
-  ~OutFile() {
-    if (f) std::fclose(f);
-    std::error_code ec;
-    if (fs::exists(tmp, ec)) fs::remove(tmp, ec);
-  }
-};
-
-void write_text(const fs::path& p, const std::string& s) {
-  OutFile o(p);
-  o.write(s.data(), s.size());
-  o.commit();
-}
-
 // Drop the (clean, file-backed) pages of a range of the mmapped base once it has been converted.
 void release_pages(const uint8_t* data, size_t nbytes) {
   if (!nbytes) return;
@@ -189,113 +159,67 @@ void merge_adapter_into_base(const std::string& base_dir, const AdapterData& ad,
     all.add(name, DType::BF16, t.shape, &dummy, (size_t)t.numel() * sizeof(bf16));
   }
   all.set_metadata({{"format", "pt"}});
-  const auto order = all.sorted();
-  std::vector<std::vector<const SafetensorsWriter::Entry*>> shards;
-  if (all.total_bytes() <= opt.max_shard_bytes) {  // write_sharded's rule
-    shards.push_back(order);
-  } else {
-    size_t cur = 0;
-    for (const auto* e : order) {
-      if (shards.empty() || (cur + e->nbytes > opt.max_shard_bytes && cur > 0)) {
-        shards.emplace_back();
-        cur = 0;
-      }
-      shards.back().push_back(e);
-      cur += e->nbytes;
-    }
-  }
-  if (shards.size() > 99999) fail(out_dir, ": ", shards.size(), " shards exceed the 5-digit shard naming");
 
   // Each tensor goes through in chunks of whole rows (<= opt.chunk_elems elements unless one row is
   // longer), so memory stays at one chunk (fp32 + bf16) whatever the tensor size.
   avector<float> w;   // current chunk [rows, row_len] fp32
   avector<bf16> wb;   // current chunk, bf16
-  std::vector<std::string> written;
-  nlohmann::json weight_map = nlohmann::json::object();
-  for (size_t k = 0; k < shards.size(); ++k) {
-    char fname[64];
-    if (shards.size() == 1)
-      std::snprintf(fname, sizeof fname, "model.safetensors");
-    else
-      std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
-    const std::string header = all.header(shards[k]);
-    OutFile o(odir / fname);
-    uint8_t le[8];
-    for (int i = 0; i < 8; ++i) le[i] = (uint8_t)((uint64_t)header.size() >> (8 * i));  // u64 LE
-    o.write(le, 8);
-    o.write(header.data(), header.size());
-    for (const auto* e : shards[k]) {
-      auto t0 = std::chrono::steady_clock::now();
-      const TensorView& t = st.get(e->name);
-      const int64_t n = t.numel();
-      const int64_t nrows = t.shape.empty() ? 1 : t.shape[0];
-      const int64_t row_len = nrows ? n / nrows : 0;
-      const size_t elem_bytes = n ? t.nbytes / (size_t)n : 0;
-      const int64_t chunk_rows = std::max<int64_t>(1, (int64_t)opt.chunk_elems / std::max<int64_t>(row_len, 1));
-      auto rep = replace.find(e->name);
-      auto lo = lora.find(e->name);
-      const char* what = rep != replace.end() ? "replaced" : lo != lora.end() ? "merged" : "copy";
-      for (int64_t r0 = 0; r0 < nrows; r0 += chunk_rows) {
-        const int64_t rows = std::min(chunk_rows, nrows - r0), cnt = rows * row_len;
-        w.resize((size_t)cnt);
-        wb.resize((size_t)cnt);
-        if (rep != replace.end()) {
-          std::copy(rep->second->begin() + r0 * row_len, rep->second->begin() + r0 * row_len + cnt, w.begin());
-        } else {
-          TensorView sub = t;  // rows [r0, r0 + rows) of the base tensor
-          if (!sub.shape.empty()) sub.shape[0] = rows;
-          sub.data = t.data + (size_t)(r0 * row_len) * elem_bytes;
-          sub.nbytes = (size_t)cnt * elem_bytes;
-          to_float(sub, w.data());
-          release_pages(sub.data, sub.nbytes);
-        }
-        if (lo != lora.end()) {
-          // W[o,:] += s · Σ_k B[o,k]·A[k,:] for the chunk's rows o (delta in fp32, as PEFT's W + s·(B@A)).
-          const int64_t in = row_len, r = lo->second.r;
-          const float* A = lo->second.A->data();
-          const float* B = lo->second.B->data();
-          float* W = w.data();
+  stream_model_files(out_dir, all, opt.max_shard_bytes, [&](const SafetensorsWriter::Entry& e, const TensorSink& sink) {
+    auto t0 = std::chrono::steady_clock::now();
+    const TensorView& t = st.get(e.name);
+    const int64_t n = t.numel();
+    const int64_t nrows = t.shape.empty() ? 1 : t.shape[0];
+    const int64_t row_len = nrows ? n / nrows : 0;
+    const size_t elem_bytes = n ? t.nbytes / (size_t)n : 0;
+    const int64_t chunk_rows = std::max<int64_t>(1, (int64_t)opt.chunk_elems / std::max<int64_t>(row_len, 1));
+    auto rep = replace.find(e.name);
+    auto lo = lora.find(e.name);
+    const char* what = rep != replace.end() ? "replaced" : lo != lora.end() ? "merged" : "copy";
+    for (int64_t r0 = 0; r0 < nrows; r0 += chunk_rows) {
+      const int64_t rows = std::min(chunk_rows, nrows - r0), cnt = rows * row_len;
+      w.resize((size_t)cnt);
+      wb.resize((size_t)cnt);
+      if (rep != replace.end()) {
+        std::copy(rep->second->begin() + r0 * row_len, rep->second->begin() + r0 * row_len + cnt, w.begin());
+      } else {
+        TensorView sub = t;  // rows [r0, r0 + rows) of the base tensor
+        if (!sub.shape.empty()) sub.shape[0] = rows;
+        sub.data = t.data + (size_t)(r0 * row_len) * elem_bytes;
+        sub.nbytes = (size_t)cnt * elem_bytes;
+        to_float(sub, w.data());
+        release_pages(sub.data, sub.nbytes);
+      }
+      if (lo != lora.end()) {
+        // W[o,:] += s · Σ_k B[o,k]·A[k,:] for the chunk's rows o (delta in fp32, as PEFT's W + s·(B@A)).
+        const int64_t in = row_len, r = lo->second.r;
+        const float* A = lo->second.A->data();
+        const float* B = lo->second.B->data();
+        float* W = w.data();
 #pragma omp parallel
-          {
-            std::vector<float> delta((size_t)in);
+        {
+          std::vector<float> delta((size_t)in);
 #pragma omp for schedule(static)
-            for (int64_t i0 = 0; i0 < rows; ++i0) {
-              const int64_t orow = r0 + i0;
-              std::fill(delta.begin(), delta.end(), 0.f);
-              for (int64_t kk = 0; kk < r; ++kk) {
-                const float b = B[orow * r + kk];
-                const float* a = A + kk * in;
-                for (int64_t i = 0; i < in; ++i) delta[i] += b * a[i];
-              }
-              float* row = W + i0 * in;
-              for (int64_t i = 0; i < in; ++i) row[i] += s * delta[i];
+          for (int64_t i0 = 0; i0 < rows; ++i0) {
+            const int64_t orow = r0 + i0;
+            std::fill(delta.begin(), delta.end(), 0.f);
+            for (int64_t kk = 0; kk < r; ++kk) {
+              const float b = B[orow * r + kk];
+              const float* a = A + kk * in;
+              for (int64_t i = 0; i < in; ++i) delta[i] += b * a[i];
             }
+            float* row = W + i0 * in;
+            for (int64_t i = 0; i < in; ++i) row[i] += s * delta[i];
           }
         }
-        float_to_bf16(w.data(), wb.data(), (size_t)cnt);
-        o.write(wb.data(), (size_t)cnt * sizeof(bf16));
       }
-      weight_map[e->name] = fname;
-      if (opt.verbose) {
-        double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        std::fprintf(stderr, "  %-48s %-8s %s %.2f s\n", e->name.c_str(), what, shape_str(t.shape).c_str(), sec);
-      }
+      float_to_bf16(w.data(), wb.data(), (size_t)cnt);
+      sink(wb.data(), (size_t)cnt * sizeof(bf16));
     }
-    o.commit();
-    written.push_back(fname);
-  }
-  if (shards.size() > 1) {
-    nlohmann::json index = {{"metadata", {{"total_size", all.total_bytes()}}}, {"weight_map", weight_map}};
-    write_text(odir / "model.safetensors.index.json", index.dump(2) + "\n");
-    written.push_back("model.safetensors.index.json");
-  }
-  // Remove weight files of another layout left in out_dir so readers cannot pick them up.
-  for (const auto& de : fs::directory_iterator(odir)) {
-    const std::string fn = de.path().filename().string();
-    const bool weights = fn == "model.safetensors.index.json" ||
-                         (fn.rfind("model", 0) == 0 && fn.size() > 12 && fn.substr(fn.size() - 12) == ".safetensors");
-    if (weights && std::find(written.begin(), written.end(), fn) == written.end()) fs::remove(de.path(), ec);
-  }
+    if (opt.verbose) {
+      double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::fprintf(stderr, "  %-48s %-8s %s %.2f s\n", e.name.c_str(), what, shape_str(t.shape).c_str(), sec);
+    }
+  });
 
   // config.json: the base's, with the dtype of what was written.
   {
@@ -308,7 +232,7 @@ void merge_adapter_into_base(const std::string& base_dir, const AdapterData& ad,
     }
     if (cfg.contains("dtype")) cfg["dtype"] = "bfloat16";
     cfg["torch_dtype"] = "bfloat16";
-    write_text(odir / "config.json", cfg.dump(2) + "\n");
+    write_file_atomic((odir / "config.json").string(), cfg.dump(2) + "\n");
   }
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                         "tokenizer.model"}) {
@@ -316,7 +240,7 @@ void merge_adapter_into_base(const std::string& base_dir, const AdapterData& ad,
     std::ifstream in(bdir / f, std::ios::binary);
     std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (!in.good() && !in.eof()) fail((bdir / f).string(), ": read failed");
-    write_text(odir / f, content);
+    write_file_atomic((odir / f).string(), content);
   }
 }
 

@@ -2,6 +2,8 @@
 // tokenizer.json, streaming safetensors writer, import_gguf.
 #include "src/import_gguf.h"
 
+#include "src/atomic_file.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -522,42 +524,6 @@ ojson gguf_tokenizer_config_json(const GGUFFile& f, const LlamaConfig& cfg) {
   return j;
 }
 
-// ---- output files ------------------------------------------------------------------------------
-namespace {
-
-struct OutFile {  // FILE* under a temporary name, renamed on commit, removed otherwise
-  std::string tmp, final_path;
-  FILE* fp = nullptr;
-  explicit OutFile(const fs::path& p) : tmp(p.string() + ".tmp." + std::to_string((long)getpid())), final_path(p.string()) {
-    fp = std::fopen(tmp.c_str(), "wb");
-    if (!fp) fail(final_path, ": cannot create ", tmp);
-  }
-  void write(const void* data, size_t n) {
-    if (n && std::fwrite(data, 1, n, fp) != n) fail(final_path, ": write failed (disk full?)");
-  }
-  void commit() {
-    const bool ok = std::fclose(fp) == 0;
-    fp = nullptr;
-    if (!ok) fail(final_path, ": write failed (disk full?)");
-    std::error_code ec;
-    fs::rename(tmp, final_path, ec);
-    if (ec) fail(final_path, ": cannot rename ", tmp, ": ", ec.message());
-  }
-  ~OutFile() {
-    if (fp) std::fclose(fp);
-    std::error_code ec;
-    if (fs::exists(tmp, ec)) fs::remove(tmp, ec);
-  }
-};
-
-void write_text(const fs::path& p, const std::string& s) {
-  OutFile o(p);
-  o.write(s.data(), s.size());
-  o.commit();
-}
-
-}  // namespace
-
 LlamaConfig import_gguf(const std::string& gguf_path, const std::string& out_dir, const ImportOptions& opt) {
   GGUFFile f(gguf_path);
   const LlamaConfig cfg = gguf_llama_config(f);
@@ -591,58 +557,18 @@ LlamaConfig import_gguf(const std::string& gguf_path, const std::string& out_dir
     all.add(t.hf_name, DType::BF16, t.shape, &dummy, (size_t)numel * sizeof(bf16));
   }
   all.set_metadata({{"format", "pt"}});
-  std::vector<std::vector<const SafetensorsWriter::Entry*>> shards(1);
-  size_t cur = 0, total = 0;
-  for (const SafetensorsWriter::Entry* e : all.sorted()) {
-    if (!shards.back().empty() && cur + e->nbytes > opt.max_shard_bytes) {
-      shards.emplace_back();
-      cur = 0;
+  avector<bf16> buf;  // one tensor at a time
+  stream_model_files(out_dir, all, opt.max_shard_bytes, [&](const SafetensorsWriter::Entry& e, const TensorSink& sink) {
+    auto t0 = std::chrono::steady_clock::now();
+    buf.resize(e.nbytes / sizeof(bf16));
+    gguf_load_tensor_bf16(f, *by_name.at(e.name), buf.data());
+    sink(buf.data(), e.nbytes);
+    if (opt.verbose) {
+      const GGUFTensorInfo& ti = f.tensor(by_name.at(e.name)->gguf_name);
+      std::fprintf(stderr, "  %-44s <- %-28s %-5s %.3f s\n", e.name.c_str(), ti.name.c_str(), ggml_type_traits(ti.type).name,
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    shards.back().push_back(e);
-    cur += e->nbytes;
-    total += e->nbytes;
-  }
-  avector<bf16> buf;
-  std::vector<std::string> written;
-  nlohmann::json weight_map = nlohmann::json::object();
-  for (size_t k = 0; k < shards.size(); ++k) {
-    char name[64];
-    if (shards.size() == 1) std::snprintf(name, sizeof(name), "model.safetensors");
-    else std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
-    const std::string header = all.header(shards[k]);
-    OutFile o(dir / name);
-    uint8_t le[8];
-    for (int i = 0; i < 8; ++i) le[i] = (uint8_t)((uint64_t)header.size() >> (8 * i));
-    o.write(le, 8);
-    o.write(header.data(), header.size());
-    for (const SafetensorsWriter::Entry* e : shards[k]) {
-      auto t0 = std::chrono::steady_clock::now();
-      buf.resize(e->nbytes / sizeof(bf16));
-      gguf_load_tensor_bf16(f, *by_name.at(e->name), buf.data());
-      o.write(buf.data(), e->nbytes);
-      weight_map[e->name] = name;
-      if (opt.verbose) {
-        const GGUFTensorInfo& ti = f.tensor(by_name.at(e->name)->gguf_name);
-        std::fprintf(stderr, "  %-44s <- %-28s %-5s %.3f s\n", e->name.c_str(), ti.name.c_str(),
-                     ggml_type_traits(ti.type).name,
-                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      }
-    }
-    o.commit();
-    written.push_back(name);
-  }
-  if (shards.size() > 1) {
-    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_text(dir / "model.safetensors.index.json", index.dump(2) + "\n");
-    written.push_back("model.safetensors.index.json");
-  }
-  // weight files of an earlier import (--force) that are not part of this layout would be picked up
-  for (const auto& de : fs::directory_iterator(dir)) {
-    const std::string fn = de.path().filename().string();
-    const bool weights = fn == "model.safetensors.index.json" ||
-                         (fn.rfind("model", 0) == 0 && fn.size() > 12 && fn.substr(fn.size() - 12) == ".safetensors");
-    if (weights && std::find(written.begin(), written.end(), fn) == written.end()) fs::remove(de.path());
-  }
+  });
   if (has_tok) {
     std::string tj;
     try {
@@ -650,10 +576,10 @@ LlamaConfig import_gguf(const std::string& gguf_path, const std::string& out_dir
     } catch (const nlohmann::json::exception& e) {
       fail(gguf_path, ": metadata key 'tokenizer.ggml.tokens' holds a token that is not valid UTF-8: ", e.what());
     }
-    write_text(dir / "tokenizer.json", tj + "\n");
-    write_text(dir / "tokenizer_config.json", tok_cfg.dump(2) + "\n");
+    write_file_atomic((dir / "tokenizer.json").string(), tj + "\n");
+    write_file_atomic((dir / "tokenizer_config.json").string(), tok_cfg.dump(2) + "\n");
   }
-  write_text(dir / "config.json", cfg.to_json().dump(2) + "\n");
+  write_file_atomic((dir / "config.json").string(), cfg.to_json().dump(2) + "\n");
   return cfg;
 }
 

@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "src/atomic_file.h"
 #include "src/safetensors.h"
 
 namespace frugal {
@@ -276,84 +277,6 @@ TokenizerInfo read_tokenizer_info(const std::string& path) {
   return info;
 }
 
-// ---- file helpers -----------------------------------------------------------------------------
-namespace {
-
-std::string temp_name(const fs::path& final_path) {
-  return final_path.string() + ".tmp." + std::to_string((long)getpid());
-}
-
-struct OutFile {  // FILE* that removes its temp file unless committed
-  std::string tmp, final_path;
-  FILE* f = nullptr;
-  explicit OutFile(const fs::path& p) : tmp(temp_name(p)), final_path(p.string()) {
-    f = std::fopen(tmp.c_str(), "wb");
-    if (!f) fail(final_path, ": cannot create ", tmp);
-  }
-  void write(const void* data, size_t n) {
-    if (n && std::fwrite(data, 1, n, f) != n) fail(final_path, ": write failed (disk full?)");
-  }
-  void commit() {
-    bool ok = std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-    ok = (std::fclose(f) == 0) && ok;
-    f = nullptr;
-    if (!ok) fail(final_path, ": write failed (disk full?)");
-    std::error_code ec;
-    fs::rename(tmp, final_path, ec);
-    if (ec) fail(final_path, ": cannot rename ", tmp, ": ", ec.message());
-  }
-  ~OutFile() {
-    if (f) std::fclose(f);
-    if (f || fs::exists(tmp)) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-    }
-  }
-};
-
-void write_text_file(const fs::path& p, const std::string& s) {
-  OutFile o(p);
-  o.write(s.data(), s.size());
-  o.commit();
-}
-
-// Writes one safetensors file holding `entries` (in this order) with the header of writer `w`,
-// generating each tensor's bytes chunk by chunk.
-void stream_safetensors(const fs::path& path, const SafetensorsWriter& hw,
-                        const std::vector<const SafetensorsWriter::Entry*>& entries,
-                        const std::map<std::string, const TensorSpec*>& spec_of, const LlamaConfig& cfg,
-                        uint64_t seed, const InitOptions& opt, avector<bf16>& buf) {
-  const std::string header = hw.header(entries);
-  OutFile o(path);
-  uint64_t n = header.size();
-  uint8_t le[8];
-  for (int i = 0; i < 8; ++i) le[i] = (uint8_t)(n >> (8 * i));  // u64 little endian
-  o.write(le, 8);
-  o.write(header.data(), header.size());
-  for (const SafetensorsWriter::Entry* e : entries) {
-    const TensorSpec& s = *spec_of.at(e->name);
-    const int64_t numel = s.numel();
-    const uint64_t key = init_stream_key(seed, s.name);
-    auto t0 = std::chrono::steady_clock::now();
-    for (int64_t start = 0; start < numel; start += (int64_t)opt.chunk_elems) {
-      const int64_t cnt = std::min<int64_t>((int64_t)opt.chunk_elems, numel - start);
-      if (s.is_norm) {
-        for (int64_t i = 0; i < cnt; ++i) buf[i] = bf16::from_float(1.0f);
-      } else {
-        normal_bf16(buf.data(), start, cnt, cfg.initializer_range, key);
-      }
-      o.write(buf.data(), (size_t)cnt * sizeof(bf16));
-    }
-    if (opt.verbose) {
-      double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::fprintf(stderr, "  %-48s %12lld elems %7.2f s\n", s.name.c_str(), (long long)numel, sec);
-    }
-  }
-  o.commit();
-}
-
-}  // namespace
-
 // ---- init_model -------------------------------------------------------------------------------
 LlamaConfig init_model(const LlamaConfig& cfg_in, const std::string& out_dir, uint64_t seed, const InitOptions& opt) {
   LlamaConfig cfg = cfg_in;
@@ -391,67 +314,47 @@ LlamaConfig init_model(const LlamaConfig& cfg_in, const std::string& out_dir, ui
   }
   const std::map<std::string, std::string> meta = {{"format", "pt"}};
   all.set_metadata(meta);
-  const std::vector<const SafetensorsWriter::Entry*> order = all.sorted();
 
-  // Greedy shards in file order (a tensor is never split; write_sharded's rule).
-  std::vector<std::vector<const SafetensorsWriter::Entry*>> shards(1);
-  size_t cur = 0, total = 0;
-  for (const SafetensorsWriter::Entry* e : order) {
-    if (!shards.back().empty() && cur + e->nbytes > opt.max_shard_bytes) {
-      shards.emplace_back();
-      cur = 0;
-    }
-    shards.back().push_back(e);
-    cur += e->nbytes;
-    total += e->nbytes;
-  }
-
+  // Stream each tensor chunk by chunk into the (possibly sharded) files: memory stays at one chunk.
   avector<bf16> buf((size_t)opt.chunk_elems);
-  std::vector<std::string> written;
-  if (shards.size() == 1) {
-    stream_safetensors(dir / "model.safetensors", all, shards[0], spec_of, cfg, seed, opt, buf);
-    written.push_back("model.safetensors");
-  } else {
-    json weight_map = json::object();
-    char name[64];
-    for (size_t k = 0; k < shards.size(); ++k) {
-      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
-      stream_safetensors(dir / name, all, shards[k], spec_of, cfg, seed, opt, buf);
-      for (const auto* e : shards[k]) weight_map[e->name] = name;
-      written.push_back(name);
+  stream_model_files(out_dir, all, opt.max_shard_bytes, [&](const SafetensorsWriter::Entry& e, const TensorSink& sink) {
+    const TensorSpec& s = *spec_of.at(e.name);
+    const int64_t numel = s.numel();
+    const uint64_t key = init_stream_key(seed, s.name);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int64_t start = 0; start < numel; start += (int64_t)opt.chunk_elems) {
+      const int64_t cnt = std::min<int64_t>((int64_t)opt.chunk_elems, numel - start);
+      if (s.is_norm) {
+        for (int64_t i = 0; i < cnt; ++i) buf[i] = bf16::from_float(1.0f);
+      } else {
+        normal_bf16(buf.data(), start, cnt, cfg.initializer_range, key);
+      }
+      sink(buf.data(), (size_t)cnt * sizeof(bf16));
     }
-    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_text_file(dir / "model.safetensors.index.json", index.dump(2) + "\n");
-    written.push_back("model.safetensors.index.json");
-  }
-  // Remove weight files of an earlier init (--force) that are not part of this layout.
-  std::vector<fs::path> stale;
-  for (const auto& de : fs::directory_iterator(dir)) {
-    const std::string fn = de.path().filename().string();
-    bool weights = fn == "model.safetensors.index.json" ||
-                   (fn.rfind("model", 0) == 0 && fn.size() > 12 && fn.substr(fn.size() - 12) == ".safetensors");
-    if (weights && std::find(written.begin(), written.end(), fn) == written.end()) stale.push_back(de.path());
-  }
-  for (const fs::path& p : stale) fs::remove(p);
+    if (opt.verbose) {
+      double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::fprintf(stderr, "  %-48s %12lld elems %7.2f s\n", s.name.c_str(), (long long)numel, sec);
+    }
+  });
 
   if (!opt.tokenizer.empty()) {
     std::ifstream in(opt.tokenizer, std::ios::binary);
     std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (!in.good() && !in.eof()) fail(opt.tokenizer, ": read failed");
-    write_text_file(dir / "tokenizer.json", content);
+    write_file_atomic((dir / "tokenizer.json").string(), content);
     const fs::path tc = fs::path(opt.tokenizer).parent_path() / "tokenizer_config.json";
     if (fs::exists(tc)) {
       std::ifstream tin(tc, std::ios::binary);
       std::string tcs((std::istreambuf_iterator<char>(tin)), std::istreambuf_iterator<char>());
-      write_text_file(dir / "tokenizer_config.json", tcs);
+      write_file_atomic((dir / "tokenizer_config.json").string(), tcs);
     } else {
       json tj = {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", cfg.max_position_embeddings}};
       if (!t.bos_token.empty()) tj["bos_token"] = t.bos_token;
       if (!t.eos_token.empty()) tj["eos_token"] = t.eos_token;
-      write_text_file(dir / "tokenizer_config.json", tj.dump(2) + "\n");
+      write_file_atomic((dir / "tokenizer_config.json").string(), tj.dump(2) + "\n");
     }
   }
-  write_text_file(dir / "config.json", cfg.to_json().dump(2) + "\n");
+  write_file_atomic((dir / "config.json").string(), cfg.to_json().dump(2) + "\n");
   return cfg;
 }
 

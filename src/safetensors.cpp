@@ -2,6 +2,8 @@
 // F32/BF16/F16 conversions, the writer (reference layout, temp file + rename) and sharding.
 #include "src/safetensors.h"
 
+#include "src/atomic_file.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -482,9 +484,6 @@ void json_string(std::string& o, const std::string& s) {
   o += '"';
 }
 
-void write_all(FILE* f, const void* p, size_t n, const std::string& path) {
-  if (n && std::fwrite(p, 1, n, f) != n) fail(path, ": write failed: ", std::strerror(errno));
-}
 }  // namespace
 
 void SafetensorsWriter::add(const std::string& name, DType dt, std::vector<int64_t> shape, const void* data,
@@ -562,54 +561,19 @@ std::string SafetensorsWriter::header(const std::vector<const Entry*>& entries) 
 }
 
 namespace {
-void write_file(const std::string& path, const std::string& hdr,
-                const std::vector<const SafetensorsWriter::Entry*>& entries) {
-  std::string tmp = path + ".tmp." + std::to_string((long)::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) fail(tmp, ": cannot create: ", std::strerror(errno));
-  try {
-    uint8_t nb[8];
-    uint64_t n = hdr.size();
-    for (int i = 0; i < 8; i++) nb[i] = (uint8_t)(n >> (8 * i));
-    write_all(f, nb, 8, tmp);
-    write_all(f, hdr.data(), hdr.size(), tmp);
-    for (const auto* e : entries) write_all(f, e->data, e->nbytes, tmp);
-    if (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0) fail(tmp, ": flush failed: ", std::strerror(errno));
-  } catch (...) {
-    std::fclose(f);
-    std::remove(tmp.c_str());
-    throw;
-  }
-  if (std::fclose(f) != 0) {
-    std::remove(tmp.c_str());
-    fail(tmp, ": close failed: ", std::strerror(errno));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    fail(path, ": rename from ", tmp, " failed: ", std::strerror(err));
-  }
-}
-}  // namespace
-
-void SafetensorsWriter::write(const std::string& path) const {
-  auto entries = sorted();
-  write_file(path, header(entries), entries);
+void write_u64_le(AtomicFile& f, uint64_t n) {
+  uint8_t le[8];
+  for (int i = 0; i < 8; i++) le[i] = (uint8_t)(n >> (8 * i));
+  f.write(le, 8);
 }
 
-void write_sharded(const std::string& dir, const SafetensorsWriter& w, size_t max_shard_bytes) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (!fs::is_directory(dir)) fail(dir, ": cannot create directory");
-  const fs::path d(dir);
-  const size_t total = w.total_bytes();
-  if (total <= max_shard_bytes) {
-    w.write((d / "model.safetensors").string());
-    fs::remove(d / "model.safetensors.index.json", ec);
-    return;
-  }
-  // Greedy fill in file order; a tensor larger than the limit gets a shard of its own.
+// Greedy fill in file order; a tensor larger than the limit gets a shard of its own.
+std::vector<std::vector<const SafetensorsWriter::Entry*>> plan_shards(const SafetensorsWriter& w, size_t max_shard_bytes) {
   std::vector<std::vector<const SafetensorsWriter::Entry*>> shards;
+  if (w.total_bytes() <= max_shard_bytes) {
+    shards.push_back(w.sorted());
+    return shards;
+  }
   size_t cur = 0;
   for (const auto* e : w.sorted()) {
     if (shards.empty() || (cur + e->nbytes > max_shard_bytes && cur > 0)) {
@@ -619,35 +583,76 @@ void write_sharded(const std::string& dir, const SafetensorsWriter& w, size_t ma
     shards.back().push_back(e);
     cur += e->nbytes;
   }
-  const int ns = (int)shards.size();
+  return shards;
+}
+
+bool is_weight_file(const std::string& fn) {
+  return fn == "model.safetensors.index.json" ||
+         (fn.rfind("model", 0) == 0 && fn.size() > 12 && fn.substr(fn.size() - 12) == ".safetensors");
+}
+}  // namespace
+
+void SafetensorsWriter::write(const std::string& path) const {
+  const auto entries = sorted();
+  const std::string hdr = header(entries);
+  AtomicFile f(path);
+  write_u64_le(f, hdr.size());
+  f.write(hdr.data(), hdr.size());
+  for (const auto* e : entries) f.write(e->data, e->nbytes);
+  f.commit();
+}
+
+std::vector<std::string> stream_model_files(
+    const std::string& dir, const SafetensorsWriter& layout, size_t max_shard_bytes,
+    const std::function<void(const SafetensorsWriter::Entry&, const TensorSink&)>& write_tensor) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (!fs::is_directory(dir)) fail(dir, ": cannot create directory");
+  const fs::path d(dir);
+  const auto shards = plan_shards(layout, max_shard_bytes);
+  const size_t ns = shards.size();
   if (ns > 99999) fail(dir, ": ", ns, " shards exceed the 5-digit shard naming");
+  std::vector<std::string> written;
   json weight_map = json::object();
-  for (int s = 0; s < ns; s++) {
+  for (size_t k = 0; k < ns; k++) {
     char name[64];
-    std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, ns);
-    // The shard's entries keep writer order (already sorted within the shard).
-    write_file((d / name).string(), w.header(shards[s]), shards[s]);
-    for (const auto* e : shards[s]) weight_map[e->name] = name;
-  }
-  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  std::string text = index.dump(2) + "\n";  // json sorts keys, like transformers' sort_keys=True
-  std::string ipath = (d / "model.safetensors.index.json").string();
-  std::string tmp = ipath + ".tmp." + std::to_string((long)::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      fail(tmp, ": write failed");
+    if (ns == 1)
+      std::snprintf(name, sizeof name, "model.safetensors");
+    else
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", k + 1, ns);
+    const std::string hdr = layout.header(shards[k]);
+    AtomicFile f((d / name).string());
+    write_u64_le(f, hdr.size());
+    f.write(hdr.data(), hdr.size());
+    for (const auto* e : shards[k]) {
+      size_t got = 0;
+      const TensorSink sink = [&](const void* data, size_t n) {
+        got += n;
+        if (got > e->nbytes) fail(f.path(), ": tensor '", e->name, "' produced more than its ", e->nbytes, " bytes");
+        f.write(data, n);
+      };
+      write_tensor(*e, sink);
+      if (got != e->nbytes) fail(f.path(), ": tensor '", e->name, "' produced ", got, " of its ", e->nbytes, " bytes");
+      weight_map[e->name] = name;
     }
+    f.commit();
+    written.push_back(name);
   }
-  if (std::rename(tmp.c_str(), ipath.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    fail(ipath, ": rename failed: ", std::strerror(err));
+  if (ns > 1) {
+    json index = {{"metadata", {{"total_size", layout.total_bytes()}}}, {"weight_map", weight_map}};
+    write_file_atomic((d / "model.safetensors.index.json").string(), index.dump(2) + "\n");  // sorted keys, like transformers
+    written.push_back("model.safetensors.index.json");
   }
-  fs::remove(d / "model.safetensors", ec);
+  for (const auto& de : fs::directory_iterator(d)) {
+    const std::string fn = de.path().filename().string();
+    if (is_weight_file(fn) && std::find(written.begin(), written.end(), fn) == written.end()) fs::remove(de.path(), ec);
+  }
+  return written;
+}
+
+void write_sharded(const std::string& dir, const SafetensorsWriter& w, size_t max_shard_bytes) {
+  stream_model_files(dir, w, max_shard_bytes,
+                     [](const SafetensorsWriter::Entry& e, const TensorSink& sink) { sink(e.data, e.nbytes); });
 }
 
 }  // namespace frugal

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -140,9 +141,19 @@ class SafetensorsWriter {
 // Writes dir/model.safetensors when the data is <= max_shard_bytes, else
 // dir/model-0000k-of-0000n.safetensors (greedy fill in writer order, a tensor never split; one
 // larger than the limit gets its own shard) plus dir/model.safetensors.index.json
-// {"metadata":{"total_size":BYTES},"weight_map":{name:file}}. Removes a stale index or
-// model.safetensors of the other layout so readers cannot pick it up.
+// {"metadata":{"total_size":BYTES},"weight_map":{name:file}}. Removes weight files of another
+// layout left in dir so readers cannot pick them up.
 void write_sharded(const std::string& dir, const SafetensorsWriter& w,
                    size_t max_shard_bytes = 5'000'000'000ull);
+
+// The streaming form behind write_sharded, for models too large to hold: `layout` declares the
+// tensors (its entries' data pointers are never read) and write_tensor(entry, sink) produces each
+// tensor's bytes, in file order, chunk by chunk through sink — exactly entry.nbytes in all (checked).
+// Same files, sharding rule, index and stale-file removal as write_sharded; every file is written
+// under a temporary name and renamed. Returns the names of the files written.
+using TensorSink = std::function<void(const void* data, size_t nbytes)>;
+std::vector<std::string> stream_model_files(
+    const std::string& dir, const SafetensorsWriter& layout, size_t max_shard_bytes,
+    const std::function<void(const SafetensorsWriter::Entry&, const TensorSink&)>& write_tensor);
 
 }  // namespace frugal

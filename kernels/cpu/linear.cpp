@@ -3,7 +3,7 @@
 //   backward_input   dx[M,in]  = dy[M,out]·W + beta·dx
 //   backward_weight  dW[out,in] += dyᵀ·x
 // bf16 weights go straight to gemm_bf16 (oneDNN). NF4 weights are dequantized a tile of
-// linear_nf4_tile_rows(in) rows at a time into a bounded bf16 scratch (~2 MB per tile):
+// linear_nf4_tile_rows(in) rows at a time into a bounded bf16 scratch (<= 8 MB per tile):
 //  - forward: OpenMP threads take whole tiles (dynamic schedule); each thread dequantizes its tile
 //    into its own scratch and runs the GEMM for the column slice y[:, o0:o0+tr] (ldc = out)
 //    itself (oneDNN runs single-threaded inside a parallel region). One thread's dequant overlaps
@@ -48,8 +48,11 @@ size_t FrozenWeight::bytes() const {
 }
 
 int linear_nf4_tile_rows(int64_t in) {
-  // ~1M bf16 elements (2 MB) per tile, a multiple of 16 rows, at least 16.
-  int64_t r = ((int64_t)1 << 20) / std::max<int64_t>(in, 1);
+  // ~4M bf16 elements (8 MB) per tile, a multiple of 16 rows, 16..512. The tile is the N of its
+  // GEMM [M, rows] = x[M, in]·tileᵀ: narrow tiles (64 rows at in = 14336, down_proj) ran that
+  // GEMM well below oneDNN's speed on wide ones (measured 1.6x the plain GEMM's time for the whole
+  // linear with 2 MB tiles), while the dequantization itself costs only a few % of the GEMM.
+  int64_t r = ((int64_t)1 << 22) / std::max<int64_t>(in, 1);
   r = std::clamp<int64_t>(r / 16 * 16, 16, 512);
   return (int)r;
 }
@@ -95,7 +98,11 @@ void linear_forward(float* y, const bf16* x, const FrozenWeight& W, int M, float
   // keep at least two tiles per thread so the dynamic schedule can balance
   const int balance = std::max(16, (out + 2 * nthr - 1) / (2 * nthr) / 16 * 16);
   tr = std::min(tr, balance);
-  const int ntiles = (out + tr - 1) / tr;
+  // a tile count that is a multiple of the thread count (equal tiles: no thread idles at the end)
+  int ntiles = (out + tr - 1) / tr;
+  ntiles = (ntiles + nthr - 1) / nthr * nthr;
+  tr = std::max(16, ((out + ntiles - 1) / ntiles + 15) / 16 * 16);
+  ntiles = (out + tr - 1) / tr;
   // the first error in a worker is rethrown after the parallel region
   std::string err;
 #pragma omp parallel

@@ -2,8 +2,13 @@
 //   Valid rows (target != -100) are gathered into chunks of kRowChunk rows. Per row chunk:
 //   pass 1 walks the vocab in chunks of kVocabChunk: logits chunk = x_rc·W_vcᵀ (oneDNN GEMM, fp32),
 //   online max/sum-of-exp per row (fp32), target logit picked up -> lse, loss = lse - z_target.
-//   pass 2 (only when dx or dW is wanted) recomputes each logits chunk and forms
+//   pass 2 (only when dW is wanted) recomputes each logits chunk and forms
 //   G = grad_scale·(softmax - onehot) in bf16, then dx_rc += G·W_vc and dW_vc += Gᵀ·x_rc.
+//   dx without dW (frozen lm_head: LoRA training) needs no second pass: pass 1 also forms
+//   P = exp(z - m_running) in bf16 (target entry 0) and accumulates acc_rc = Σ P·W_vc, rescaling
+//   a row of acc by e^{m_old - m_new} whenever its running max grows (online softmax, as in
+//   FlashAttention's O). At the end dx_r = grad_scale·(acc_r / ℓ_r + (p_t - 1)·W_t), the target
+//   term in fp32. One logits GEMM instead of two: 2 GEMMs of 2·M·C·V instead of 3.
 //   Scratch: O(kRowChunk·kVocabChunk) fp32 + bf16, plus O(kRowChunk·C).
 // Sections: reference, fast path.
 #include "kernels/cpu/lm_head_ce.h"
@@ -130,6 +135,57 @@ double lm_head_ce(const bf16* x, const bf16* W, const int32_t* targets, int M, i
     for (int i = 0; i < rc; ++i)
       std::memcpy(&xg[(size_t)i * C], x + (size_t)rows[r0 + i] * C, sizeof(bf16) * C);
     for (int i = 0; i < rc; ++i) st[i] = fm::online_softmax_init();
+    if (dx && !dW) {  // single pass: loss and dx together (see the header comment)
+      for (int v0 = 0; v0 < V; v0 += VC) {
+        const int vc = std::min(VC, V - v0);
+        gemm_bf16(false, true, rc, vc, C, 1.f, xg.data(), C, W + (size_t)v0 * C, C, 0.f, z.data(), VC);
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < rc; ++i) {
+          const float* zi = &z[(size_t)i * VC];
+          bf16* gi = &G[(size_t)i * VC];
+          float mx = -INFINITY;
+          for (int j = 0; j < vc; ++j) mx = std::max(mx, zi[j]);
+          const float alpha = fm::online_softmax_rescale(st[i], mx);
+          const float m = st[i].m;
+          float s = 0.f;
+          for (int j = 0; j < vc; ++j) {
+            const float e = expf(zi[j] - m);
+            s += e;
+            gi[j] = bf16::from_float(e);
+          }
+          st[i].l += s;
+          const int t = targets[rows[r0 + i]];
+          if (t >= v0 && t < v0 + vc) {
+            zt[i] = zi[t - v0];
+            gi[t - v0] = bf16::from_float(0.f);  // the target's term is added in fp32 at the end
+          }
+          if (v0 > 0 && alpha != 1.f) {  // acc_i *= e^{m_old - m_new}
+            float* ai = &dxg[(size_t)i * C];
+            for (int c = 0; c < C; ++c) ai[c] *= alpha;
+          }
+        }
+        // acc_rc[rc, C] (+)= P[rc, vc] · W_vc[vc, C]
+        gemm_bf16(false, false, rc, C, vc, 1.f, G.data(), VC, W + (size_t)v0 * C, C,
+                  v0 == 0 ? 0.f : 1.f, dxg.data(), C);
+      }
+      for (int i = 0; i < rc; ++i) {
+        lse[i] = fm::online_softmax_lse(st[i]);
+        const float loss = lse[i] - zt[i];
+        if (losses) losses[rows[r0 + i]] = loss;
+        total += loss;
+      }
+#pragma omp parallel for schedule(static)
+      for (int i = 0; i < rc; ++i) {
+        const int t = targets[rows[r0 + i]];
+        const float inv_l = grad_scale / st[i].l;                    // ℓ >= 1 (the max term is e^0)
+        const float gt = grad_scale * (expf(zt[i] - lse[i]) - 1.f);  // grad_scale·(p_t - 1)
+        const float* ai = &dxg[(size_t)i * C];
+        const bf16* wt = W + (size_t)t * C;
+        float* d = dx + (size_t)rows[r0 + i] * C;
+        for (int c = 0; c < C; ++c) d[c] = ai[c] * inv_l + gt * wt[c].to_float();
+      }
+      continue;
+    }
 
     // pass 1: online logsumexp over vocab chunks
     for (int v0 = 0; v0 < V; v0 += VC) {

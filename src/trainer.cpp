@@ -1,0 +1,408 @@
+// trainer.cpp: the QLoRA training loop (see trainer.h for the step math and what a checkpoint
+// must hold for an exact resume).
+#include "src/trainer.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "src/checkpoint.h"
+#include "src/init.h"
+#include "src/lora.h"
+#include "src/progress.h"
+
+namespace frugal {
+
+namespace fs = std::filesystem;
+
+size_t peak_rss_bytes() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return (size_t)ru.ru_maxrss * 1024;  // Linux: kilobytes
+}
+
+// ---- small file helpers -------------------------------------------------------------------
+
+// Writes `text` to path via path.tmp + rename; errors name the path.
+static void write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) fail("cannot write ", tmp, " (is the directory writable?)");
+    f << text;
+    f.flush();
+    if (!f) fail("write failed: ", tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) fail("cannot rename ", tmp, " to ", path, ": ", ec.message());
+}
+
+static void make_dirs(const std::string& dir, const char* what) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir)) fail("cannot create ", what, " '", dir, "': ", ec ? ec.message() : "not a directory");
+}
+
+// ---- plan summary (dry run) ---------------------------------------------------------------
+
+static LlamaConfig recipe_model_config(const Recipe& r) {
+  if (!r.model_path.empty() && fs::exists(fs::path(r.model_path) / "config.json"))
+    return LlamaConfig::load(r.model_path);
+  if (!r.model_preset.empty()) return LlamaConfig::preset(r.model_preset);
+  if (r.model_path.empty()) fail(r.path, ": neither model.path nor model.preset is set");
+  fail(r.path, ": model.path '", r.model_path, "' has no config.json and model.preset is not set");
+}
+
+static std::string model_dir_of(const Recipe& r) {
+  return r.model_path.empty() ? (fs::path(r.output_dir) / "model").string() : r.model_path;
+}
+
+std::string describe_recipe_plan(const Recipe& r) {
+  const LlamaConfig c = recipe_model_config(r);
+  const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
+  const int64_t L = c.num_hidden_layers, V = c.vocab_size, H = c.num_attention_heads;
+  struct Site { const char* name; int64_t in, out; };
+  const Site sites[7] = {{"q_proj", C, Q}, {"k_proj", C, KV}, {"v_proj", C, KV}, {"o_proj", Q, C},
+                         {"gate_proj", C, F}, {"up_proj", C, F}, {"down_proj", F, C}};
+  const std::vector<std::string> targets = LoraConfig::expand_targets(r.lora.target_modules);
+  int64_t lin = 0, lora = 0;
+  for (const Site& s : sites) {
+    lin += s.in * s.out;
+    if (std::find(targets.begin(), targets.end(), s.name) != targets.end()) lora += (int64_t)r.lora.rank * (s.in + s.out);
+  }
+  lin *= L;
+  lora *= L;
+  const bool nf4 = r.quant_type == "nf4";
+  const int64_t bs = r.quant_blocksize;
+  // NF4: 4 bits/weight + absmax (double quant: uint8 per block + fp32 per 256 blocks)
+  const double frozen = nf4 ? lin / 2.0 + (r.quant_double ? lin / (double)bs + lin / (double)bs / 256 * 4 : lin / (double)bs * 4)
+                            : lin * 2.0;
+  const double emb = 2.0 * V * C * (c.tie_word_embeddings ? 1 : 2);
+  const double lora_bytes = lora * (4.0 * 4 + 2);  // w, g, m, v fp32 + bf16 copy
+  const double N = (double)r.micro_batch * r.seq_len;
+  const double per_block = 4 * N * (3 * C + 2 * Q + 2 * KV + 2 * F) + 8 * N + 4 * N * H;
+  const double acts = r.activation_checkpointing ? L * 4 * N * C + per_block : L * per_block;
+  auto hb = [](double b) {  // human-readable bytes
+    char t[32];
+    if (b >= 1024.0 * 1024 * 1024) std::snprintf(t, sizeof t, "%.2f GiB", b / (1024.0 * 1024 * 1024));
+    else if (b >= 1024.0 * 1024) std::snprintf(t, sizeof t, "%.1f MiB", b / (1024.0 * 1024));
+    else std::snprintf(t, sizeof t, "%.1f KiB", b / 1024.0);
+    return std::string(t);
+  };
+  char buf[1600];
+  std::snprintf(buf, sizeof buf,
+                "model: %s (%s), %lld layers, hidden %lld, ffn %lld, heads %lld/%d, vocab %lld, %.1fM parameters\n"
+                "quant: %s%s, frozen decoder linears %.1fM params = %s; embeddings %s bf16\n"
+                "lora: rank %d, alpha %g, scale %g%s, dropout %g, %zu target modules, %.3fM trainable parameters (%.3f%%)\n"
+                "batch: %d x %d tokens x %d accumulation = %lld tokens/step, %d steps\n"
+                "memory estimate: frozen %s + embeddings %s + LoRA state %s + activations %s%s = %s\n",
+                model_dir_of(r).c_str(), r.model_preset.empty() ? "from disk" : r.model_preset.c_str(), (long long)L,
+                (long long)C, (long long)F, (long long)H, c.num_key_value_heads, (long long)V, c.num_parameters() / 1e6,
+                r.quant_type.c_str(), nf4 ? (r.quant_double ? " (double quant)" : "") : "", lin / 1e6, hb(frozen).c_str(), hb(emb).c_str(),
+                r.lora.rank, r.lora.alpha, r.lora.scale(), r.lora.rslora ? " (rsLoRA)" : "", r.lora.dropout, targets.size(),
+                lora / 1e6, 100.0 * lora / (double)c.num_parameters(), r.micro_batch, r.seq_len, r.grad_accum,
+                (long long)r.micro_batch * r.seq_len * r.grad_accum, r.steps, hb(frozen).c_str(), hb(emb).c_str(),
+                hb(lora_bytes).c_str(), hb(acts).c_str(),
+                r.activation_checkpointing ? " (checkpointed)" : "", hb(frozen + emb + lora_bytes + acts).c_str());
+  return buf;
+}
+
+// ---- Trainer ------------------------------------------------------------------------------
+
+Trainer::Trainer(const Recipe& r) : r_(r), opt_(r.adamw) {
+  if (r_.micro_batch < 1) fail(r_.path, ": train.micro_batch must be >= 1, got ", r_.micro_batch);
+  if (r_.grad_accum < 1) fail(r_.path, ": train.grad_accum must be >= 1, got ", r_.grad_accum);
+  if (r_.seq_len < 2) fail(r_.path, ": data.seq_len must be >= 2, got ", r_.seq_len);
+  if (r_.steps < 0) fail(r_.path, ": train.steps must be >= 0, got ", r_.steps);
+  if (r_.output_dir.empty()) fail(r_.path, ": train.output_dir is empty");
+  make_dirs(r_.output_dir, "train.output_dir");
+  write_text_atomic((fs::path(r_.output_dir) / "recipe.toml").string(), r_.to_toml());
+
+  // model: create it from the preset when the directory has none
+  const std::string dir = model_dir_of(r_);
+  if (!fs::exists(fs::path(dir) / "config.json")) {
+    if (r_.model_preset.empty())
+      fail(r_.path, ": model.path '", dir, "' has no config.json and model.preset is not set");
+    std::fprintf(stderr, "frugal train: %s has no model; initializing preset '%s' there (seed %llu)\n", dir.c_str(),
+                 r_.model_preset.c_str(), (unsigned long long)r_.model_init_seed);
+    std::error_code ec;
+    if (fs::exists(dir) && !fs::is_empty(dir, ec))  // never write into (or clean) a foreign directory
+      fail(r_.path, ": model.path '", dir, "' exists, is not empty and has no config.json; remove it or "
+           "point model.path at an empty or absent directory for the '", r_.model_preset, "' preset");
+    init_model(LlamaConfig::preset(r_.model_preset), dir, r_.model_init_seed);
+  }
+  ModelOptions mo;
+  mo.quant = parse_quant_mode(r_.quant_type);
+  mo.nf4_blocksize = r_.quant_blocksize;
+  mo.nf4_double_quant = r_.quant_double;
+  mo.checkpoint = r_.activation_checkpointing;
+  model_ = std::make_unique<LlamaModel>(LlamaModel::load(dir, mo));
+  model_->add_lora(r_.lora, r_.seed);
+  params_ = model_->trainable_params();
+  if (params_.empty()) fail(r_.path, ": nothing to train (lora.target_modules selects no linear)");
+
+  setup_data();
+
+  sched_.type = r_.lr_schedule;
+  sched_.lr = r_.lr;
+  sched_.warmup_steps = r_.warmup_steps;
+  sched_.total_steps = std::max(1, r_.steps);
+  sched_.min_lr_ratio = r_.min_lr_ratio;
+  sched_.validate();
+}
+
+// ds_ and loader_ from the recipe (the synthetic set and the shuffle order depend on r_.seed).
+void Trainer::setup_data() {
+  const int64_t V = model_->config().vocab_size;
+  if (!r_.data_path.empty()) {
+    ds_ = TokenDataset::load(r_.data_path);
+  } else if (r_.data_synthetic == "patterns") {
+    const int64_t rows = std::max<int64_t>(256, (int64_t)r_.micro_batch * r_.grad_accum * 16);
+    ds_ = make_synthetic_patterns((int)V, (int)rows, r_.seq_len + 1, r_.seed);
+    const std::string p = (fs::path(r_.output_dir) / "data.h5").string();
+    ds_.save(p);
+  } else if (!r_.data_synthetic.empty()) {
+    fail(r_.path, ": data.synthetic '", r_.data_synthetic, "' is unknown (expected \"patterns\" or empty)");
+  } else {
+    fail(r_.path, ": no data: set data.path (an HDF5 frugal-tokens-v1 file) or data.synthetic = \"patterns\"");
+  }
+  const std::string where = r_.data_path.empty() ? std::string("synthetic data") : r_.data_path;
+  if (ds_.num_samples() < 1) fail(where, ": dataset has no samples");
+  if (ds_.vocab_size > V) fail(where, ": dataset vocab_size ", ds_.vocab_size, " exceeds the model's ", V);
+  for (size_t i = 0; i < ds_.tokens.size(); i++)
+    if (ds_.tokens[i] < 0 || ds_.tokens[i] >= V)
+      fail(where, ": /tokens[", i, "] = ", ds_.tokens[i], " is outside the model vocabulary [0, ", V, ")");
+  loader_ = std::make_unique<BatchLoader>(ds_, r_.seq_len, r_.pack, r_.shuffle, r_.seed);
+}
+
+std::string Trainer::checkpoint_dir() const { return (fs::path(r_.output_dir) / "checkpoints").string(); }
+
+std::string Trainer::latest_checkpoint(const std::string& output_dir) {
+  const fs::path latest = fs::path(output_dir) / "checkpoints" / "latest";
+  std::ifstream f(latest);
+  if (!f) fail("no checkpoint to resume: ", latest.string(), " does not exist");
+  std::string name;
+  std::getline(f, name);
+  while (!name.empty() && std::isspace((unsigned char)name.back())) name.pop_back();
+  if (name.empty()) fail(latest.string(), " is empty");
+  const fs::path p = fs::path(output_dir) / "checkpoints" / name;
+  if (!fs::exists(p)) fail(latest.string(), " names ", name, ", which does not exist");
+  return p.string();
+}
+
+// "section.key" -> "value" of the key lines of an effective-recipe TOML text (Recipe::to_toml).
+static std::vector<std::pair<std::string, std::string>> toml_keys(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> kv;
+  std::istringstream in(text);
+  std::string sec;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line[0] == '[') {
+      sec = line.substr(1, line.find(']') - 1);
+      continue;
+    }
+    const size_t eq = line.find(" = ");
+    if (eq != std::string::npos) kv.push_back({sec + "." + line.substr(0, eq), line.substr(eq + 3)});
+  }
+  return kv;
+}
+
+void Trainer::resume(const std::string& path) {
+  TrainState st = load_checkpoint(path, params_, &opt_);
+  // The adapter's function must be the one that was trained (rank and targets are checked by the
+  // tensor shapes/names; alpha, rsLoRA and dropout are not visible in them).
+  if (st.has_lora) {
+    const LoraConfig& a = st.lora;
+    const LoraConfig& b = r_.lora;
+    if (a.alpha != b.alpha || a.rslora != b.rslora || a.dropout != b.dropout)
+      fail(path, ": the checkpoint's LoRA (alpha ", a.alpha, ", rslora ", a.rslora, ", dropout ", a.dropout,
+           ") differs from the recipe's (alpha ", b.alpha, ", rslora ", b.rslora, ", dropout ", b.dropout,
+           "); resume with the recipe the checkpoint was trained with");
+  }
+  // Other recipe changes are allowed (e.g. more train.steps) but break exact continuation: say so.
+  if (!st.recipe_toml.empty()) {
+    const auto was = toml_keys(st.recipe_toml), now = toml_keys(r_.to_toml());
+    std::string diff;
+    for (const auto& [k, v] : now) {
+      if (k == "train.output_dir" || k == "train.log_every" || k.rfind("checkpoint.", 0) == 0) continue;
+      for (const auto& [k2, v2] : was)
+        if (k2 == k && v2 != v) diff += "\n  " + k + ": " + v2 + " -> " + v;
+    }
+    if (!diff.empty() && verbose)
+      std::fprintf(stderr, "frugal train: warning: the recipe differs from the one %s was trained with:%s\n",
+                   path.c_str(), diff.c_str());
+  }
+  if (st.seed != r_.seed) {
+    // the seed fixes the shuffle order and the dropout masks: the checkpoint's wins
+    std::fprintf(stderr, "frugal train: %s was trained with seed %llu (recipe: %llu); continuing with %llu\n",
+                 path.c_str(), (unsigned long long)st.seed, (unsigned long long)r_.seed, (unsigned long long)st.seed);
+    r_.seed = st.seed;
+    setup_data();
+  }
+  opt_.set_t(st.adam_t);
+  loader_->restore(st.cursor);
+  step_ = st.step;
+  tokens_seen_ = st.tokens_seen;
+  model_->sync_lora();
+  resumed_ = true;
+  if (verbose) std::fprintf(stderr, "frugal train: resumed from %s at step %lld\n", path.c_str(), (long long)step_);
+}
+
+void Trainer::save(const std::string& path) {
+  TrainState st;
+  st.step = step_;
+  st.adam_t = opt_.t();
+  st.seed = r_.seed;
+  st.cursor = loader_->cursor();
+  st.tokens_seen = tokens_seen_;
+  st.recipe_toml = r_.to_toml();
+  st.base_model = fs::absolute(model_dir_of(r_)).string();
+  save_checkpoint(path, st, params_, opt_);
+}
+
+StepMetrics Trainer::train_step() {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int B = r_.micro_batch, T = r_.seq_len, A = r_.grad_accum;
+  const size_t rows = (size_t)B * T;
+  // all micro-batches first: the step's target count sets the gradient scale
+  ids_.resize(A * rows);
+  targets_.resize(A * rows);
+  for (int j = 0; j < A; j++) loader_->next(B, ids_.data() + j * rows, targets_.data() + j * rows);
+  const int64_t n = count_targets(targets_.data(), targets_.size());
+  const float gscale = n > 0 ? (float)(1.0 / (double)n) : 1.f;  // no targets: all grads are 0
+  zero_grads(params_);
+  ForwardStats st;
+  for (int j = 0; j < A; j++) {
+    model_->set_dropout_rng(r_.seed, (uint64_t)step_ * A + j);
+    Batch b;
+    b.B = B;
+    b.T = T;
+    b.ids = ids_.data() + j * rows;
+    b.targets = targets_.data() + j * rows;
+    st += model_->forward_backward(b, gscale);
+  }
+  const double loss = st.mean();
+  if (!std::isfinite(loss)) fail("training diverged: loss is ", loss, " at step ", step_);
+  StepMetrics m{};
+  m.step = step_;
+  m.loss = loss;
+  m.grad_norm = clip_grad_norm(params_, r_.grad_clip);
+  m.lr = sched_.at(step_);
+  opt_.step(params_, m.lr);
+  model_->sync_lora();
+  step_++;
+  m.tokens = (int64_t)(A * rows);
+  tokens_seen_ += (double)m.tokens;
+  m.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  m.tokens_per_s = m.step_seconds > 0 ? m.tokens / m.step_seconds : 0.0;
+  m.peak_rss_bytes = peak_rss_bytes();
+  return m;
+}
+
+void Trainer::write_checkpoint_rotating() {
+  const std::string dir = checkpoint_dir();
+  make_dirs(dir, "checkpoint directory");
+  const std::string name = "step-" + std::to_string(step_) + ".h5";
+  save((fs::path(dir) / name).string());
+  write_text_atomic((fs::path(dir) / "latest").string(), name + "\n");
+  if (r_.checkpoint_keep <= 0) return;  // keep all
+  std::vector<std::pair<int64_t, fs::path>> ck;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string f = e.path().filename().string();
+    if (f.size() > 8 && f.rfind("step-", 0) == 0 && f.substr(f.size() - 3) == ".h5") {
+      const std::string num = f.substr(5, f.size() - 8);
+      // only this run's past: a higher step is another run's file (a fresh run in an old dir)
+      if (!num.empty() && num.size() < 18 && std::all_of(num.begin(), num.end(), ::isdigit) && std::stoll(num) <= step_)
+        ck.push_back({std::stoll(num), e.path()});
+    }
+  }
+  std::sort(ck.begin(), ck.end());
+  for (size_t i = 0; i + r_.checkpoint_keep < ck.size(); i++) {
+    std::error_code ec;
+    fs::remove(ck[i].second, ec);
+  }
+}
+
+static std::string metrics_json(const StepMetrics& m) {
+  nlohmann::ordered_json j = {{"step", m.step},
+                              {"loss", m.loss},
+                              {"lr", m.lr},
+                              {"grad_norm", m.grad_norm},
+                              {"tokens_per_s", m.tokens_per_s},
+                              {"step_seconds", m.step_seconds},
+                              {"peak_rss_bytes", m.peak_rss_bytes},
+                              {"tokens", m.tokens}};
+  return j.dump();
+}
+
+void Trainer::run(int64_t max_steps) {
+  const int64_t end = max_steps >= 0 ? std::min<int64_t>(r_.steps, max_steps) : r_.steps;
+  const fs::path mpath = fs::path(r_.output_dir) / "metrics.jsonl";
+  // a fresh run starts the file; a resumed one keeps the lines of the steps before it
+  {
+    std::vector<std::string> keep;
+    if (resumed_) {
+      std::ifstream in(mpath);
+      for (std::string line; std::getline(in, line);) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.contains("step") && j["step"].get<int64_t>() < step_) keep.push_back(line);
+      }
+    }
+    std::string text;
+    for (auto& l : keep) text += l + "\n";
+    write_text_atomic(mpath.string(), text);
+  }
+  if (!resumed_ && verbose && fs::exists(fs::path(checkpoint_dir()) / "latest"))
+    std::fprintf(stderr, "frugal train: warning: %s already has checkpoints (a previous run); starting from step 0 "
+                 "anyway (use --resume auto to continue it)\n", r_.output_dir.c_str());
+  std::FILE* mf = std::fopen(mpath.c_str(), "a");
+  if (!mf) fail("cannot append to ", mpath.string());
+  const bool tty = verbose && ProgressBar::stderr_is_tty();
+  ProgressBar bar(end, step_);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t start = step_;
+  int64_t last_ckpt = -1;
+  double last_loss = NAN;
+  try {
+    while (step_ < end) {
+      StepMetrics m = train_step();
+      last_loss = m.loss;
+      std::fprintf(mf, "%s\n", metrics_json(m).c_str());
+      std::fflush(mf);
+      char line[256];
+      std::snprintf(line, sizeof line, "loss %.4f lr %.2e grad_norm %.3f tok/s %.0f step %.3fs rss %.0f MB", m.loss,
+                    m.lr, m.grad_norm, m.tokens_per_s, m.step_seconds, m.peak_rss_bytes / 1048576.0);
+      if (tty) {
+        bar.update(step_, line);
+      } else if (verbose && (r_.log_every <= 1 || step_ % r_.log_every == 0 || step_ == end)) {
+        std::fprintf(stderr, "step %lld/%lld %s eta %s\n", (long long)step_, (long long)end, line,
+                     format_duration(bar.eta_seconds(step_)).c_str());
+      }
+      if (r_.checkpoint_every > 0 && step_ % r_.checkpoint_every == 0) {
+        write_checkpoint_rotating();
+        last_ckpt = step_;
+      }
+    }
+  } catch (...) {
+    std::fclose(mf);
+    if (tty) bar.finish();
+    throw;
+  }
+  std::fclose(mf);
+  if (tty) bar.finish();
+  if (last_ckpt != step_ && step_ > start) write_checkpoint_rotating();
+  if (verbose) {
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "frugal train: %lld steps in %.1f s, final loss %.4f, checkpoint %s/step-%lld.h5\n",
+                 (long long)(step_ - start), sec, last_loss, checkpoint_dir().c_str(), (long long)step_);
+  }
+}
+
+}  // namespace frugal
