@@ -37,6 +37,17 @@ std::string str(const A&... a) {
   return os.str();
 }
 
+// "[2, 3]": tensor shapes in error messages (PyTorch's spelling).
+template <class I>
+std::string shape_str(const std::vector<I>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); i++) {
+    if (i) r += ", ";
+    r += std::to_string(s[i]);
+  }
+  return r + "]";
+}
+
 template <class... A>
 [[noreturn]] void fail(const A&... a) {
   throw Error(str(a...));

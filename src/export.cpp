@@ -82,22 +82,7 @@ void export_merged(const std::string& checkpoint, const std::string& out_dir, co
 // ---- streaming merge ----------------------------------------------------------------------------
 namespace {
 
-// Drop the (clean, file-backed) pages of a range of the mmapped base once it has been converted.
-void release_pages(const uint8_t* data, size_t nbytes) {
-  if (!nbytes) return;
-  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-  uintptr_t lo = (uintptr_t)data / page * page, hi = ((uintptr_t)data + nbytes + page - 1) / page * page;
-  ::madvise((void*)lo, hi - lo, MADV_DONTNEED);  // advisory: failure only costs memory
-}
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); i++) {
-    if (i) r += ',';
-    r += std::to_string(s[i]);
-  }
-  return r + "]";
-}
 
 }  // namespace
 
@@ -187,7 +172,7 @@ void merge_adapter_into_base(const std::string& base_dir, const AdapterData& ad,
         sub.data = t.data + (size_t)(r0 * row_len) * elem_bytes;
         sub.nbytes = (size_t)cnt * elem_bytes;
         to_float(sub, w.data());
-        release_pages(sub.data, sub.nbytes);
+        release_mapped_pages(sub.data, sub.nbytes);
       }
       if (lo != lora.end()) {
         // W[o,:] += s · Σ_k B[o,k]·A[k,:] for the chunk's rows o (delta in fp32, as PEFT's W + s·(B@A)).

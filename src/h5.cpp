@@ -158,11 +158,6 @@ std::vector<int64_t> space_shape(hid_t space) {
   return std::vector<int64_t>(dims.begin(), dims.end());
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 }  // namespace
 
 // ---- files -------------------------------------------------------------------------------

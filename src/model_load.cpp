@@ -9,11 +9,6 @@
 
 namespace frugal {
 
-static std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); i++) r += (i ? "," : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 namespace {
 struct Loader {
@@ -32,12 +27,14 @@ struct Loader {
     const TensorView& t = get(name, shape);
     avector<bf16> v((size_t)t.numel());
     to_bf16(t, v.data());
+    release_mapped_pages(t.data, t.nbytes);  // peak = converted model + one tensor, not + the file
     return v;
   }
   avector<float> floats(const std::string& name, const std::vector<int64_t>& shape) const {
     const TensorView& t = get(name, shape);
     avector<float> v((size_t)t.numel());
     to_float(t, v.data());
+    release_mapped_pages(t.data, t.nbytes);
     return v;
   }
 };
@@ -61,7 +58,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const ModelOptions& opt) {
 
   auto linear = [&](LinearSite& s, const std::string& name, int64_t out, int64_t in) {
     s.name = name;
-    avector<bf16> w = ld.bf16s(name, {out, in});
+    avector<bf16> w = ld.bf16s(name, {out, in});  // one bf16 tensor at a time, quantized right away
     if (opt.quant == QuantMode::NF4)
       s.W = FrozenWeight::quantize_nf4(w.data(), out, in, opt.nf4_blocksize, opt.nf4_double_quant);
     else

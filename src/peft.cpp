@@ -239,14 +239,6 @@ bool peft_targets(const PeftAdapterFile& f, const std::string& key, int layer) {
   return false;
 }
 
-static std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); i++) {
-    if (i) r += ',';
-    r += std::to_string(s[i]);
-  }
-  return r + "]";
-}
 
 void load_peft_adapter(LlamaModel& m, const std::string& dir) {
   const PeftAdapterFile f = read_peft_adapter_config(dir);

@@ -105,14 +105,6 @@ int64_t utf8_error_at(const uint8_t* s, size_t n) {
   return -1;
 }
 
-std::string shape_str(const std::vector<uint64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); i++) {
-    if (i) r += ", ";
-    r += std::to_string(s[i]);
-  }
-  return r + "]";
-}
 
 // A non-negative JSON integer (what serde's usize accepts).
 bool as_usize(const json& j, uint64_t* out) {
@@ -591,6 +583,13 @@ bool is_weight_file(const std::string& fn) {
          (fn.rfind("model", 0) == 0 && fn.size() > 12 && fn.substr(fn.size() - 12) == ".safetensors");
 }
 }  // namespace
+
+void release_mapped_pages(const void* data, size_t nbytes) {
+  if (!nbytes) return;
+  const uintptr_t page = (uintptr_t)::sysconf(_SC_PAGESIZE);
+  const uintptr_t lo = (uintptr_t)data / page * page, hi = ((uintptr_t)data + nbytes + page - 1) / page * page;
+  ::madvise((void*)lo, hi - lo, MADV_DONTNEED);
+}
 
 void SafetensorsWriter::write(const std::string& path) const {
   const auto entries = sorted();

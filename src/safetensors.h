@@ -109,6 +109,11 @@ class SafetensorsModel {
 void to_float(const TensorView& t, float* out);
 void to_bf16(const TensorView& t, bf16* out);
 
+// Drops the (clean, file-backed) pages of a mapped range once its bytes have been converted, so
+// loading or merging a model never holds the whole file resident beside its converted copy.
+// Advisory: failure only costs memory. Later reads of the range still work (pages re-fault).
+void release_mapped_pages(const void* data, size_t nbytes);
+
 // Collects (name, dtype, shape, pointer) WITHOUT copying the data: buffers must stay alive until
 // write(). Layout = reference writer: sorted by dtype alignment descending then name, offsets back
 // to back, compact JSON with __metadata__ first, header space-padded to a multiple of 8.

@@ -1,7 +1,7 @@
 // test_config.cpp: LlamaConfig parsing/validation/serialization and `frugal init` (init_model).
 // Checked against: config.json files as published on the Hugging Face Hub (tests/fixtures/config),
 // the parameter counts of SPEC §8 (and the published counts of the fixture models), the tensor
-// names/shapes of SPEC §2, and statistical bounds of N(0, 0.02²) for the random init.
+// names/shapes of SPEC §2, and statistical bounds of N(0, initializer_range²) for the random init.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -481,9 +481,10 @@ TEST(Init, TinyModelNamesShapesStatistics) {
     EXPECT_EQ(m.get(name).shape, shape) << name;
     EXPECT_EQ(m.get(name).dtype, DType::BF16) << name;
   }
-  // Statistics of N(0, σ²), σ = 0.02, over n samples (5-sigma bounds of the estimators):
+  // Statistics of N(0, σ²), σ = the preset's initializer_range, over n samples (5-sigma bounds of the estimators):
   //   mean: |m| <= 5σ/√n;  std: |s/σ − 1| <= 5/√(2n) + 2^-9 (bf16 rounds each value by <= 2^-9
   //   relative, which moves s by at most that much);  P(|x| < σ) = 0.6827 ± 5·√(p(1−p)/n).
+  const float sigma = cfg.initializer_range;
   double all_s1 = 0, all_s2 = 0;
   int64_t all_n = 0;
   for (const std::string& name : m.names()) {
@@ -498,11 +499,11 @@ TEST(Init, TinyModelNamesShapesStatistics) {
       ASSERT_TRUE(std::isfinite(x)) << name;
       s1 += x;
       s2 += (double)x * x;
-      within += std::fabs(x) < 0.02f;
+      within += std::fabs(x) < sigma;
     }
     double mean = s1 / n, sd = std::sqrt(s2 / n - mean * mean), p = within / n;
-    EXPECT_TRUE(std::fabs(mean) <= 5 * 0.02 / std::sqrt(n)) << name << " mean " << mean;
-    EXPECT_TRUE(std::fabs(sd / 0.02 - 1) <= 5 / std::sqrt(2 * n) + 1.0 / 512) << name << " std " << sd;
+    EXPECT_TRUE(std::fabs(mean) <= 5 * sigma / std::sqrt(n)) << name << " mean " << mean;
+    EXPECT_TRUE(std::fabs(sd / sigma - 1) <= 5 / std::sqrt(2 * n) + 1.0 / 512) << name << " std " << sd;
     EXPECT_TRUE(std::fabs(p - 0.682689) <= 5 * std::sqrt(0.682689 * 0.317311 / n)) << name << " P(|x|<σ) " << p;
     all_s1 += s1;
     all_s2 += s2;
@@ -510,7 +511,7 @@ TEST(Init, TinyModelNamesShapesStatistics) {
   }
   // over all ~560k weights the bounds are tight: std within ~0.5% + bf16 effect
   double mean = all_s1 / all_n, sd = std::sqrt(all_s2 / all_n - mean * mean);
-  EXPECT_TRUE(std::fabs(sd / 0.02 - 1) <= 5 / std::sqrt(2.0 * all_n) + 1.0 / 512) << sd;
+  EXPECT_TRUE(std::fabs(sd / sigma - 1) <= 5 / std::sqrt(2.0 * all_n) + 1.0 / 512) << sd;
   // q_proj and k_proj are different streams (not the same numbers reused)
   std::vector<float> q = read_tensor(m, "model.layers.0.self_attn.q_proj.weight");
   std::vector<float> k = read_tensor(m, "model.layers.0.self_attn.k_proj.weight");

@@ -332,7 +332,7 @@ TEST(PeftAdapter, BadDirectoriesGiveClearErrors) {
   c = good;
   c["r"] = 4;  // the tensors have rank 5
   e = with_config("rank", c);
-  EXPECT_NE(e.find("has shape [5,48], expected [4,48]"), std::string::npos) << e;
+  EXPECT_NE(e.find("has shape [5, 48], expected [4, 48]"), std::string::npos) << e;
   EXPECT_NE(e.find("lora_A.weight"), std::string::npos) << e;
   EXPECT_NE(e.find("adapter_model.safetensors"), std::string::npos) << e;
 
@@ -354,8 +354,8 @@ TEST(PeftAdapter, BadDirectoriesGiveClearErrors) {
     }
   });
   EXPECT_NE(e.find("base_model.model.model.layers.1.mlp.up_proj.lora_B.weight"), std::string::npos) << e;
-  EXPECT_NE(e.find("[58,5]"), std::string::npos) << e;
-  EXPECT_NE(e.find("[59,5]"), std::string::npos) << e;
+  EXPECT_NE(e.find("[58, 5]"), std::string::npos) << e;
+  EXPECT_NE(e.find("[59, 5]"), std::string::npos) << e;
   e = with_tensors("missingB", [&](SafetensorsWriter& w) {
     for (size_t i = 0; i < ad.names.size(); ++i)
       if (ad.names[i] != "base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight")
@@ -505,7 +505,7 @@ TEST(MergedExport, Errors) {
   ad.shapes[0] = {5, 47};
   e = error_of([&] { merge_adapter_into_base(base, ad, d / "out"); });
   EXPECT_NE(e.find(ad.names[0]), std::string::npos) << e;
-  EXPECT_NE(e.find("[5,47]"), std::string::npos) << e;
+  EXPECT_NE(e.find("[5, 47]"), std::string::npos) << e;
 }
 
 // ---- HDF5 eval ------------------------------------------------------------------------------------

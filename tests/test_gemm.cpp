@@ -118,13 +118,21 @@ TEST(Gemm, EdgeCasesAndErrors) {
 
 // gemm_bf16 called from inside an OpenMP parallel region (as linear_forward's NF4 tiles do):
 // each thread runs its own GEMM on a per-thread stream; results must match the reference.
-TEST(Gemm, NestedInParallelRegionVsRef) {
-  const int M = 59, N = 111, K = 77, T = 4;
-  std::mt19937 g(99);
+namespace {
+// T thread tasks each run C_t = A·B_tᵀ from inside an OpenMP parallel region (how linear_forward
+// runs its per-thread NF4 tiles); with warm_top_level the same shape first runs at top level, so
+// a primitive planned for the whole thread team exists before the nested calls ask for one.
+void check_nested(int M, int N, int K, bool warm_top_level) {
+  const int T = 4;
+  std::mt19937 g(99 + M + N + K);
   auto A = rand_bf16((size_t)M * K, g);
   std::vector<avector<bf16>> B;
   for (int t = 0; t < T; ++t) B.push_back(rand_bf16((size_t)N * K, g));
   std::vector<std::vector<float>> C(T, std::vector<float>((size_t)M * N, NAN)), R = C;
+  if (warm_top_level) {
+    std::vector<float> W((size_t)M * N);
+    gemm_bf16(false, true, M, N, K, 1.f, A.data(), K, B[0].data(), K, 0.f, W.data(), N);
+  }
 #pragma omp parallel for schedule(dynamic, 1)
   for (int t = 0; t < T; ++t)
     gemm_bf16(false, true, M, N, K, 1.f, A.data(), K, B[t].data(), K, 0.f, C[t].data(), N);
@@ -141,6 +149,18 @@ TEST(Gemm, NestedInParallelRegionVsRef) {
         double r = err / ((K + 2) * u * mag + 1e-30);
         if (!(r <= worst)) worst = std::isnan(r) ? INFINITY : r;
       }
-    EXPECT_TRUE(worst <= 1.0) << "thread task " << t << " err/bound " << worst;
+    EXPECT_TRUE(worst <= 1.0) << "M=" << M << " N=" << N << " K=" << K << " thread task " << t
+                              << " err/bound " << worst;
   }
+}
+}  // namespace
+
+TEST(Gemm, NestedInParallelRegionVsRef) { check_nested(59, 111, 77, false); }
+
+// Regression: oneDNN's own primitive cache once handed the nested calls the primitive planned at
+// top level for the whole team (same descriptor at M = 1), which then computed only part of C.
+TEST(Gemm, NestedAfterTopLevelSameShapeVsRef) {
+  check_nested(1, 256, 2048, true);
+  check_nested(1, 512, 576, true);
+  check_nested(3, 128, 4096, true);
 }

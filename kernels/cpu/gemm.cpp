@@ -62,7 +62,7 @@ struct GemmKeyHash {
 };
 
 struct GemmPrim {
-  dnnl::memory::desc a_md, b_md, c_md;
+  dnnl::memory::desc a_md, b_md, c_md, scratch_md;
   dnnl::matmul prim;
 };
 
@@ -105,6 +105,11 @@ std::shared_ptr<const GemmPrim> make_prim(const GemmKey& k, float alpha, float b
                           k.tb ? dims{1, k.ldb} : dims{k.ldb, 1});
   dnnl::memory::desc c_md(dims{k.M, k.N}, dt::f32, dims{k.ldc, 1});
   dnnl::primitive_attr attr;
+  // User-managed scratchpad: oneDNN's default library scratchpad is shared by all primitives of
+  // the process, so two threads running GEMMs at once (linear_forward's per-thread NF4 tiles)
+  // would overwrite each other's partial sums (seen as wrong results at M = 1, where the K loop
+  // is split and reduced through the scratchpad). Each calling thread passes its own buffer.
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (alpha != 1.f) attr.set_output_scales(0, {alpha});
   if (beta != 0.f) {
     dnnl::post_ops po;
@@ -113,7 +118,7 @@ std::shared_ptr<const GemmPrim> make_prim(const GemmKey& k, float alpha, float b
   }
   dnnl::matmul::desc d(a_md, b_md, c_md);
   dnnl::matmul::primitive_desc pd(d, attr, ctx().eng);
-  return std::make_shared<const GemmPrim>(GemmPrim{a_md, b_md, c_md, dnnl::matmul(pd)});
+  return std::make_shared<const GemmPrim>(GemmPrim{a_md, b_md, c_md, pd.scratchpad_desc(), dnnl::matmul(pd)});
 }
 
 }  // namespace
@@ -142,6 +147,11 @@ void gemm_bf16(bool transA, bool transB, int M, int N, int K, float alpha, const
     return;
   }
   const bool nested = omp_in_parallel();
+  // Inside a parallel region a nested team has one thread, but omp_get_max_threads() still says
+  // the outer count, which oneDNN reads to plan a primitive (and to key its own cache); a plan for
+  // N threads run by one computes only part of C. Telling this thread's ICV the truth (1) makes
+  // creation and execution agree. The setting dies with the enclosing parallel region.
+  if (nested && omp_get_max_threads() != 1) omp_set_num_threads(1);
   GemmKey key{transA, transB, M, N, K, lda, ldb, ldc, fm::f32_bits(alpha), fm::f32_bits(beta), nested};
   DnnlContext& c = ctx();
   try {
@@ -159,7 +169,11 @@ void gemm_bf16(bool transA, bool transB, int M, int N, int K, float alpha, const
     dnnl::memory b_mem(p->b_md, c.eng, const_cast<bf16*>(B));
     dnnl::memory c_mem(p->c_md, c.eng, C);
     dnnl::stream& strm = nested ? nested_stream() : c.strm;
-    p->prim.execute(strm, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+    thread_local avector<uint8_t> scratch;  // this thread's scratchpad, grown as needed
+    if (scratch.size() < p->scratch_md.get_size()) scratch.resize(p->scratch_md.get_size());
+    dnnl::memory s_mem(p->scratch_md, c.eng, scratch.data());
+    p->prim.execute(strm, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem},
+                           {DNNL_ARG_SCRATCHPAD, s_mem}});
     strm.wait();
   } catch (const dnnl::error& e) {
     fail("gemm_bf16 ", shape_str(transA, transB, M, N, K, lda, ldb, ldc),
