@@ -1,16 +1,7 @@
-// gemm_f32.cpp: fp32 GEMM through the oneDNN matmul primitive (see gemm_f32.h).
-//   C[M,N] = alpha * op(A)[M,K] · op(B)[K,N] + beta * C
-// Transposes and leading dimensions become memory-descriptor strides, alpha an output scale, beta
-// a sum post-op (beta == 0: C is only written). Sections: reference, primitive cache, fast path.
+// gemm_f32.cpp: fp32 GEMM (see gemm_f32.h): the naive reference and the oneDNN fast path.
 #include "kernels/cpu/gemm_f32.h"
 
-#include <omp.h>
-
-#include <memory>
-#include <mutex>
-#include <unordered_map>
-
-#include <oneapi/dnnl/dnnl.hpp>
+#include "kernels/cpu/dnnl_matmul.h"
 
 namespace frugal {
 
@@ -34,131 +25,10 @@ void gemm_f32_ref(bool transA, bool transB, int M, int N, int K, float alpha, co
   }
 }
 
-// ---- oneDNN primitive cache ----------------------------------------------------------------
-namespace {
-
-struct Key {
-  bool ta, tb;
-  int M, N, K, lda, ldb, ldc;
-  uint32_t alpha_bits, beta_bits;
-  bool nested;  // created inside an OpenMP parallel region
-  bool operator==(const Key& o) const {
-    return ta == o.ta && tb == o.tb && M == o.M && N == o.N && K == o.K && lda == o.lda &&
-           ldb == o.ldb && ldc == o.ldc && alpha_bits == o.alpha_bits && beta_bits == o.beta_bits &&
-           nested == o.nested;
-  }
-};
-struct KeyHash {
-  size_t operator()(const Key& k) const {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
-    mix(k.ta); mix(k.tb); mix((uint32_t)k.M); mix((uint32_t)k.N); mix((uint32_t)k.K);
-    mix((uint32_t)k.lda); mix((uint32_t)k.ldb); mix((uint32_t)k.ldc);
-    mix(k.alpha_bits); mix(k.beta_bits); mix(k.nested);
-    return (size_t)h;
-  }
-};
-struct Prim {
-  dnnl::memory::desc a_md, b_md, c_md, scratch_md;
-  dnnl::matmul prim;
-};
-struct Context {
-  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
-  dnnl::stream strm{eng};
-  std::mutex mu;
-  std::unordered_map<Key, std::shared_ptr<const Prim>, KeyHash> cache;
-};
-constexpr size_t kMaxCached = 1024;  // cleared when full (many distinct shapes)
-
-Context& ctx() {
-  static Context c;
-  return c;
-}
-dnnl::stream& nested_stream() {
-  thread_local dnnl::stream s{ctx().eng};
-  return s;
-}
-
-std::string shape_str(bool ta, bool tb, int M, int N, int K, int lda, int ldb, int ldc) {
-  return str("[M=", M, " N=", N, " K=", K, " transA=", ta, " transB=", tb, " lda=", lda,
-             " ldb=", ldb, " ldc=", ldc, "]");
-}
-
-std::shared_ptr<const Prim> make_prim(const Key& k, float alpha, float beta) {
-  using dt = dnnl::memory::data_type;
-  using dims = dnnl::memory::dims;
-  dnnl::memory::desc a_md(dims{k.M, k.K}, dt::f32, k.ta ? dims{1, k.lda} : dims{k.lda, 1});
-  dnnl::memory::desc b_md(dims{k.K, k.N}, dt::f32, k.tb ? dims{1, k.ldb} : dims{k.ldb, 1});
-  dnnl::memory::desc c_md(dims{k.M, k.N}, dt::f32, dims{k.ldc, 1});
-  dnnl::primitive_attr attr;
-  // User-managed scratchpad: oneDNN's default library scratchpad is shared by all primitives of
-  // the process, so two threads running GEMMs at once (linear_forward's per-thread NF4 tiles)
-  // would overwrite each other's partial sums (seen as wrong results at M = 1, where the K loop
-  // is split and reduced through the scratchpad). Each calling thread passes its own buffer.
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  if (alpha != 1.f) attr.set_output_scales(0, {alpha});
-  if (beta != 0.f) {
-    dnnl::post_ops po;
-    po.append_sum(beta);
-    attr.set_post_ops(po);
-  }
-  dnnl::matmul::desc d(a_md, b_md, c_md);
-  dnnl::matmul::primitive_desc pd(d, attr, ctx().eng);
-  return std::make_shared<const Prim>(Prim{a_md, b_md, c_md, pd.scratchpad_desc(), dnnl::matmul(pd)});
-}
-
-}  // namespace
-
-// ---- fast path ---------------------------------------------------------------------------
+// ---- fast path: oneDNN (kernels/cpu/dnnl_matmul.cpp) -------------------------------------
 void gemm_f32(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
               const float* B, int ldb, float beta, float* C, int ldc) {
-  FRUGAL_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm_f32: negative size ",
-               shape_str(transA, transB, M, N, K, lda, ldb, ldc));
-  FRUGAL_CHECK(lda >= (transA ? M : K) && lda >= 1 && ldb >= (transB ? K : N) && ldb >= 1 &&
-                   ldc >= N && ldc >= 1,
-               "gemm_f32: leading dimension too small ", shape_str(transA, transB, M, N, K, lda, ldb, ldc));
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // empty product: C = beta*C (beta == 0 overwrites)
-    for (int m = 0; m < M; ++m)
-      for (int n = 0; n < N; ++n) {
-        float* c = C + (size_t)m * ldc + n;
-        *c = beta == 0.f ? 0.f : beta * *c;
-      }
-    return;
-  }
-  const bool nested = omp_in_parallel();
-  // Inside a parallel region a nested team has one thread, but omp_get_max_threads() still says
-  // the outer count, which oneDNN reads to plan a primitive (and to key its own cache); a plan for
-  // N threads run by one computes only part of C. Telling this thread's ICV the truth (1) makes
-  // creation and execution agree. The setting dies with the enclosing parallel region.
-  if (nested && omp_get_max_threads() != 1) omp_set_num_threads(1);
-  Key key{transA, transB, M, N, K, lda, ldb, ldc, fm::f32_bits(alpha), fm::f32_bits(beta), nested};
-  Context& c = ctx();
-  try {
-    std::shared_ptr<const Prim> p;
-    {
-      std::lock_guard<std::mutex> lk(c.mu);
-      auto it = c.cache.find(key);
-      if (it == c.cache.end()) {
-        if (c.cache.size() >= kMaxCached) c.cache.clear();
-        it = c.cache.emplace(key, make_prim(key, alpha, beta)).first;
-      }
-      p = it->second;
-    }
-    dnnl::memory a_mem(p->a_md, c.eng, const_cast<float*>(A));
-    dnnl::memory b_mem(p->b_md, c.eng, const_cast<float*>(B));
-    dnnl::memory c_mem(p->c_md, c.eng, C);
-    dnnl::stream& strm = nested ? nested_stream() : c.strm;
-    thread_local avector<uint8_t> scratch;  // this thread's scratchpad, grown as needed
-    if (scratch.size() < p->scratch_md.get_size()) scratch.resize(p->scratch_md.get_size());
-    dnnl::memory s_mem(p->scratch_md, c.eng, scratch.data());
-    p->prim.execute(strm, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem},
-                           {DNNL_ARG_SCRATCHPAD, s_mem}});
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    fail("gemm_f32 ", shape_str(transA, transB, M, N, K, lda, ldb, ldc), ": oneDNN error: ", e.what(),
-         " (status ", (int)e.status, ")");
-  }
+  dnnl_matmul(MatmulInput::F32, "gemm_f32", transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 }  // namespace frugal
