@@ -1,6 +1,8 @@
 // checkpoint.cpp: HDF5 training checkpoints (see checkpoint.h for the layout).
 #include "src/checkpoint.h"
 
+#include "src/atomic_file.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -115,14 +117,6 @@ std::vector<std::string> param_names(const h5::H5File& f) {
   return order;
 }
 
-void fsync_path(const std::string& p, bool dir) {
-  int fd = ::open(p.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) fail(p, ": cannot open for fsync");
-  int r = ::fsync(fd);
-  ::close(fd);
-  if (r != 0 && !dir) fail(p, ": fsync failed");
-}
-
 }  // namespace
 
 void write_checkpoint_file(const std::string& file, const TrainState& st, const std::vector<ParamRef>& params, AdamW& opt) {
@@ -183,13 +177,11 @@ void save_checkpoint(const std::string& path, const TrainState& st, const std::v
   if (!parent.empty()) fs::create_directories(parent, ec);
   try {
     write_checkpoint_file(tmp, st, params, opt);
-    fsync_path(tmp, false);
   } catch (...) {
     std::remove(tmp.c_str());
     throw;
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail(path, ": cannot rename ", tmp, " into place");
-  fsync_path(parent.empty() ? std::string(".") : parent.string(), true);  // make the rename durable
+  commit_temp_file(tmp, path);  // fsync, rename, fsync the directory: durable once it returns
 }
 
 TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>& params, AdamW* opt) {

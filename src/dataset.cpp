@@ -2,6 +2,8 @@
 // synthetic "patterns" dataset (see dataset.h and docs/dataset.md).
 #include "src/dataset.h"
 
+#include "src/atomic_file.h"
+
 #include <cstdio>
 #include <filesystem>
 
@@ -140,7 +142,7 @@ void TokenDataset::save(const std::string& path) const {
     if (eos_id >= 0) f.set_attr("eos_id", int64_t(eos_id));
     f.close();
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail(path, ": cannot rename ", tmp, " into place");
+  commit_temp_file(tmp, path);  // fsync, rename, fsync the directory
 }
 
 // ---- BatchLoader -------------------------------------------------------------------------

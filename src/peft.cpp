@@ -1,6 +1,8 @@
 // peft.cpp: PEFT LoRA adapter directories — write ours, read ours or peft's (see peft.h).
 #include "src/peft.h"
 
+#include "src/atomic_file.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,23 +48,6 @@ std::string hf_name_of_peft(const std::string& n, char* which) {
 }
 
 // ---- writing ------------------------------------------------------------------------------------
-static void write_text_atomic(const fs::path& p, const std::string& s) {
-  const std::string tmp = p.string() + ".tmp." + std::to_string((long)getpid());
-  {
-    std::ofstream o(tmp, std::ios::binary | std::ios::trunc);
-    if (!o) fail(p.string(), ": cannot create ", tmp);
-    o << s;
-    o.flush();
-    if (!o) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      fail(p.string(), ": write failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, p, ec);
-  if (ec) fail(p.string(), ": cannot rename ", tmp, ": ", ec.message());
-}
 
 void write_peft_adapter(const std::string& dir, const PeftAdapterConfig& cfg,
                         const std::vector<AdapterTensor>& tensors, DType dtype) {
@@ -116,7 +101,7 @@ void write_peft_adapter(const std::string& dir, const PeftAdapterConfig& cfg,
   j["layers_to_transform"] = nullptr;
   j["rank_pattern"] = json::object();
   j["alpha_pattern"] = json::object();
-  write_text_atomic(fs::path(dir) / "adapter_config.json", j.dump(2) + "\n");
+  write_file_atomic((fs::path(dir) / "adapter_config.json").string(), j.dump(2) + "\n");
 }
 
 // ---- reading ------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 // must hold for an exact resume).
 #include "src/trainer.h"
 
+#include "src/atomic_file.h"
+
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -29,20 +31,6 @@ size_t peak_rss_bytes() {
 
 // ---- small file helpers -------------------------------------------------------------------
 
-// Writes `text` to path via path.tmp + rename; errors name the path.
-static void write_text_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) fail("cannot write ", tmp, " (is the directory writable?)");
-    f << text;
-    f.flush();
-    if (!f) fail("write failed: ", tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) fail("cannot rename ", tmp, " to ", path, ": ", ec.message());
-}
 
 static void make_dirs(const std::string& dir, const char* what) {
   std::error_code ec;
@@ -123,7 +111,7 @@ Trainer::Trainer(const Recipe& r) : r_(r), opt_(r.adamw) {
   if (r_.steps < 0) fail(r_.path, ": train.steps must be >= 0, got ", r_.steps);
   if (r_.output_dir.empty()) fail(r_.path, ": train.output_dir is empty");
   make_dirs(r_.output_dir, "train.output_dir");
-  write_text_atomic((fs::path(r_.output_dir) / "recipe.toml").string(), r_.to_toml());
+  write_file_atomic((fs::path(r_.output_dir) / "recipe.toml").string(), r_.to_toml());
 
   // model: create it from the preset when the directory has none
   const std::string dir = model_dir_of(r_);
@@ -311,7 +299,7 @@ void Trainer::write_checkpoint_rotating() {
   make_dirs(dir, "checkpoint directory");
   const std::string name = "step-" + std::to_string(step_) + ".h5";
   save((fs::path(dir) / name).string());
-  write_text_atomic((fs::path(dir) / "latest").string(), name + "\n");
+  write_file_atomic((fs::path(dir) / "latest").string(), name + "\n");
   if (r_.checkpoint_keep <= 0) return;  // keep all
   std::vector<std::pair<int64_t, fs::path>> ck;
   for (const auto& e : fs::directory_iterator(dir)) {
@@ -357,7 +345,7 @@ void Trainer::run(int64_t max_steps) {
     }
     std::string text;
     for (auto& l : keep) text += l + "\n";
-    write_text_atomic(mpath.string(), text);
+    write_file_atomic(mpath.string(), text);
   }
   if (!resumed_ && verbose && fs::exists(fs::path(checkpoint_dir()) / "latest"))
     std::fprintf(stderr, "frugal train: warning: %s already has checkpoints (a previous run); starting from step 0 "
