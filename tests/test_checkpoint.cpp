@@ -14,6 +14,7 @@
 
 #include "src/checkpoint.h"
 #include "src/common.h"
+#include "tests/test_util.h"
 #include "src/dataset.h"
 
 using namespace frugal;
@@ -21,27 +22,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path test_dir() { return fs::temp_directory_path() / ("frugal_test_ckpt_" + std::to_string(getpid())); }
-std::string tmp_path(const std::string& name) {
-  fs::create_directories(test_dir());
-  return (test_dir() / name).string();
-}
-struct RemoveTestDir {
-  ~RemoveTestDir() {
-    std::error_code ec;
-    fs::remove_all(test_dir(), ec);
-  }
-} remove_test_dir_at_exit;
-
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown; expected one mentioning " << needles[0];
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-  }
-}
+test_util::ScratchDir scratch("ckpt");  // removed when the binary exits
+fs::path test_dir() { return scratch.dir(); }
+std::string tmp_path(const std::string& name) { return scratch.path(name); }
+using test_util::expect_error;
 
 uint32_t bits(float f) {
   uint32_t u;

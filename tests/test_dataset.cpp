@@ -13,6 +13,7 @@
 #include <set>
 
 #include "src/common.h"
+#include "tests/test_util.h"
 #include "src/dataset.h"
 #include "src/h5.h"
 
@@ -21,28 +22,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path test_dir() { return fs::temp_directory_path() / ("frugal_test_dataset_" + std::to_string(getpid())); }
-std::string tmp_path(const std::string& name) {
-  fs::create_directories(test_dir());
-  return (test_dir() / name).string();
-}
-struct RemoveTestDir {
-  ~RemoveTestDir() {
-    std::error_code ec;
-    fs::remove_all(test_dir(), ec);
-  }
-} remove_test_dir_at_exit;
-
-// Expects fn() to throw frugal::Error whose message contains every needle.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown; expected one mentioning " << needles[0];
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-  }
-}
+test_util::ScratchDir scratch("dataset");  // removed when the binary exits
+fs::path test_dir() { return scratch.dir(); }
+std::string tmp_path(const std::string& name) { return scratch.path(name); }
+using test_util::expect_error;
 
 // A small irregular dataset: sample lengths include 0 and 1; vocab 97.
 TokenDataset hand_dataset() {
