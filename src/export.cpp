@@ -4,8 +4,6 @@
 
 #include "src/atomic_file.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>

@@ -4,7 +4,6 @@
 
 #include "src/atomic_file.h"
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>

@@ -4,7 +4,6 @@
 // from SafetensorsWriter::header(), so the layout is exactly the one the writer produces.
 #include "src/init.h"
 
-#include <unistd.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif

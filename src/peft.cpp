@@ -3,7 +3,6 @@
 
 #include "src/atomic_file.h"
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
