@@ -17,11 +17,11 @@ struct NF4Tensor {
   std::vector<int64_t> shape;
   int64_t numel = 0;
   int blocksize = 64;
-  avector<uint8_t> packed;  // (numel+1)/2 bytes; LOWER flat index in the HIGH nibble
+  Buf<uint8_t> packed;       // (numel+1)/2 bytes; LOWER flat index in the HIGH nibble
   bool double_quant = true;
-  avector<float> absmax;         // [nblocks] fp32 when !double_quant
-  avector<uint8_t> absmax_q;     // [nblocks] when double_quant (signed dynamic 8-bit map codes)
-  avector<float> nested_absmax;  // [ceil(nblocks/256)]
+  Buf<float> absmax;             // [nblocks] fp32 when !double_quant
+  Buf<uint8_t> absmax_q;         // [nblocks] when double_quant (signed dynamic 8-bit map codes)
+  Buf<float> nested_absmax;      // [ceil(nblocks/256)]
   float offset = 0.f;            // mean(absmax) subtracted before nested quantization
   int nested_blocksize = 256;
   int64_t nblocks() const;

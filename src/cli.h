@@ -14,4 +14,5 @@ void register_tokenize(CLI::App& app); // frugal tokenize: text -> token ids (to
 void register_import_gguf(CLI::App& app);  // frugal import-gguf: llama.cpp GGUF -> HF model dir
 void register_prepare(CLI::App& app);  // frugal prepare: JSONL/text -> HDF5 token dataset
 void register_generate(CLI::App& app); // frugal generate: sampling with a KV cache
+void register_plan(CLI::App& app);     // frugal plan: per-rank memory plan of a recipe (src/plan.h)
 }  // namespace frugal

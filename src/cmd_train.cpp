@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "sharding/comm.h"
 #include "src/cli.h"
 #include "src/recipe.h"
 #include "src/trainer.h"
@@ -31,7 +32,8 @@ void run_train(const TrainArgs& a) {
     std::printf("# plan\n%s", describe_recipe_plan(r).c_str());
     return;
   }
-  if (!a.quiet) std::fprintf(stderr, "%s", describe_recipe_plan(r).c_str());
+  const bool rank0 = mpi_world_rank() == 0;  // under mpirun every rank runs this; one talks
+  if (!a.quiet && rank0) std::fprintf(stderr, "%s", describe_recipe_plan(r).c_str());
   Trainer t(r);
   t.verbose = !a.quiet;
   if (!a.resume.empty()) {
@@ -39,7 +41,7 @@ void run_train(const TrainArgs& a) {
       const auto latest = std::filesystem::path(r.output_dir) / "checkpoints" / "latest";
       if (std::filesystem::exists(latest))
         t.resume(Trainer::latest_checkpoint(r.output_dir));
-      else
+      else if (rank0)
         std::fprintf(stderr, "frugal train: --resume auto: no %s, starting from step 0\n", latest.c_str());
     } else {
       t.resume(a.resume);

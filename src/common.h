@@ -91,6 +91,92 @@ struct AlignedAllocator {
 template <class T>
 using avector = std::vector<T, AlignedAllocator<T>>;
 
+// Buf<T>: 64-byte aligned storage that either owns its elements (an avector) or views memory owned
+// elsewhere. FSDP (sharding/fsdp.h) binds a block's weights to slices of the unit buffer it has
+// just all-gathered, without copying, and unbinds them when the unit is freed. Copying a Buf
+// copies the elements (a copy of a view owns its copy); resize() of a view is an error.
+template <class T>
+class Buf {
+ public:
+  Buf() = default;
+  Buf(avector<T> v) : own_(std::move(v)) { sync(); }  // NOLINT: implicit, like assigning a vector
+  Buf(const Buf& o) : own_(o.begin(), o.end()) { sync(); }
+  Buf(Buf&& o) noexcept { take(std::move(o)); }
+  Buf& operator=(const Buf& o) {
+    if (this != &o) {
+      avector<T> c(o.begin(), o.end());
+      own_ = std::move(c);
+      sync();
+    }
+    return *this;
+  }
+  Buf& operator=(Buf&& o) noexcept {
+    if (this != &o) take(std::move(o));
+    return *this;
+  }
+  Buf& operator=(avector<T> v) {
+    own_ = std::move(v);
+    sync();
+    return *this;
+  }
+  // View n elements at p (not owned); frees any owned storage.
+  void view(T* p, std::size_t n) {
+    avector<T>().swap(own_);
+    p_ = p, n_ = n, view_ = true;
+  }
+  bool is_view() const { return view_; }
+  // Frees owned storage or drops the view: size() == 0 afterwards.
+  void reset() {
+    avector<T>().swap(own_);
+    sync();
+  }
+  void clear() { reset(); }
+  void resize(std::size_t n, const T& x = T()) {
+    check_owned();
+    own_.resize(n, x);
+    sync();
+  }
+  void assign(std::size_t n, const T& x) {
+    avector<T>(n, x).swap(own_);
+    sync();
+  }
+  template <class It>
+  void assign(It b, It e) {
+    avector<T>(b, e).swap(own_);
+    sync();
+  }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  std::size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  T& operator[](std::size_t i) { return p_[i]; }
+  const T& operator[](std::size_t i) const { return p_[i]; }
+  T* begin() { return p_; }
+  T* end() { return p_ + n_; }
+  const T* begin() const { return p_; }
+  const T* end() const { return p_ + n_; }
+  T& back() { return p_[n_ - 1]; }
+  const T& back() const { return p_[n_ - 1]; }
+
+ private:
+  void sync() { p_ = own_.data(), n_ = own_.size(), view_ = false; }
+  void take(Buf&& o) {
+    own_ = std::move(o.own_);
+    p_ = o.p_, n_ = o.n_, view_ = o.view_;
+    o.p_ = nullptr, o.n_ = 0, o.view_ = false;
+  }
+  void check_owned() const;
+  avector<T> own_;
+  T* p_ = nullptr;
+  std::size_t n_ = 0;
+  bool view_ = false;
+};
+[[noreturn]] void buf_resize_view_error();
+template <class T>
+void Buf<T>::check_owned() const {
+  if (view_) buf_resize_view_error();
+}
+
 // bf16 storage type: the upper 16 bits of an IEEE fp32. Conversions live in shared_math.h
 // (round to nearest even, NaN kept quiet) so CPU and CUDA code round identically.
 struct bf16 {

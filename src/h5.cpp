@@ -189,6 +189,60 @@ H5File H5File::open(const std::string& path, bool writable) {
   return f;
 }
 
+#ifdef H5_HAVE_PARALLEL
+H5File H5File::create_parallel(const std::string& path, MPI_Comm comm) {
+  init();
+  H5File f;
+  f.path_ = path;
+  H5_CONTEXT(path + ": cannot create HDF5 file (MPI-IO)", {
+    Handle fapl(H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)));
+    H5_CHECK(H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18));
+    H5_CHECK(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL));
+    f.f_ = Handle(H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)));
+  });
+  return f;
+}
+
+H5File H5File::open_parallel(const std::string& path, MPI_Comm comm) {
+  init();
+  H5File f;
+  f.path_ = path;
+  H5_CONTEXT(path + ": cannot open as HDF5 with MPI-IO (not an HDF5 file, truncated, or locked)", {
+    Handle fapl(H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)));
+    H5_CHECK(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL));
+    f.f_ = Handle(H5_CHECK(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl)));
+  });
+  return f;
+}
+#endif
+
+Handle H5File::open_dataset(const std::string& name) const {
+  if (!exists(name)) fail(where(name), ": missing dataset");
+  Handle d;
+  H5_CONTEXT(where(name) + ": opening dataset", d = Handle(H5_CHECK(H5Dopen2(f_, name.c_str(), H5P_DEFAULT))));
+  return d;
+}
+
+template <class T>
+Handle H5File::create_dataset(const std::string& name, const std::vector<int64_t>& shape) {
+  Handle d;
+  H5_CONTEXT(where(name) + ": creating dataset", {
+    for (int64_t n : shape)
+      if (n < 0) fail("negative dimension in shape ", shape_str(shape));
+    std::vector<hsize_t> dims(shape.begin(), shape.end());
+    Handle space(shape.empty() ? H5_CHECK(H5Screate(H5S_SCALAR))
+                               : H5_CHECK(H5Screate_simple(int(dims.size()), dims.data(), nullptr)));
+    Handle lcpl(H5_CHECK(H5Pcreate(H5P_LINK_CREATE)));
+    H5_CHECK(H5Pset_create_intermediate_group(lcpl, 1));
+    // No fill: parallel HDF5 allocates datasets early and would otherwise write the fill value
+    // over the whole dataset before the caller overwrites it.
+    Handle dcpl(H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+    H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));
+    d = Handle(H5_CHECK(H5Dcreate2(f_, name.c_str(), file_type<T>(), space, lcpl, dcpl, H5P_DEFAULT)));
+  });
+  return d;
+}
+
 void H5File::flush() {
   H5_CONTEXT(path_ + ": flush", H5_CHECK(H5Fflush(f_, H5F_SCOPE_GLOBAL)));
 }
@@ -280,6 +334,7 @@ void H5File::read_into(const std::string& name, T* out, const std::vector<int64_
 }
 
 #define FRUGAL_H5_INSTANTIATE(T)                                                              \
+  template Handle H5File::create_dataset<T>(const std::string&, const std::vector<int64_t>&); \
   template void H5File::write<T>(const std::string&, const T*, const std::vector<int64_t>&); \
   template std::vector<T> H5File::read<T>(const std::string&, std::vector<int64_t>*) const;  \
   template void H5File::read_into<T>(const std::string&, T*, const std::vector<int64_t>&) const;

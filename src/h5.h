@@ -86,6 +86,21 @@ class H5File {
   H5File(H5File&&) = default;
   H5File& operator=(H5File&&) = default;
 
+#ifdef H5_HAVE_PARALLEL
+  // ---- addition: parallel files (MPI-IO driver). Collective over comm: every rank of comm calls
+  // them, and every metadata operation afterwards (create_dataset, set_attr, close) must be made
+  // by every rank in the same order with the same arguments (HDF5's parallel rules). Same 1.8
+  // object format as create().
+  static H5File create_parallel(const std::string& path, MPI_Comm comm);
+  static H5File open_parallel(const std::string& path, MPI_Comm comm);
+#endif
+  // ---- addition: dataset handles for partial (hyperslab) I/O. create_dataset makes a contiguous
+  // dataset of `shape` (intermediate groups created) WITHOUT writing a fill value: the caller
+  // writes every element. open_dataset opens an existing one (error naming file and dataset).
+  template <class T>
+  Handle create_dataset(const std::string& name, const std::vector<int64_t>& shape);
+  Handle open_dataset(const std::string& name) const;
+
   const std::string& path() const { return path_; }
   hid_t id() const { return f_.get(); }
   void flush();

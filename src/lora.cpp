@@ -121,7 +121,7 @@ void load_input(const LoraAdapter& a, const bf16* x, int n0, int rows, float* xd
   bf16_to_float(x + (size_t)n0 * in, xd, (size_t)rows * in);
   if (!a.dropout_active()) return;
   const float inv_keep = 1.0f / (1.0f - a.dropout);
-  const uint64_t e0 = (uint64_t)n0 * in;
+  const uint64_t e0 = (a.mask_row0 + (uint64_t)n0) * in;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < (int64_t)rows * in; i++)
     xd[i] = lora_keep(a.mask_key, e0 + i, a.dropout) ? xd[i] * inv_keep : 0.f;
@@ -178,7 +178,7 @@ void lora_backward(LoraAdapter& a, const bf16* dy, const bf16* x, float* dx, int
     } else {
       // dx += mask ⊙ (du · A) / (1-p)   (xd is free again: reuse it for du·A)
       gemm_f32(false, false, nc, in, r, 1.f, du, r, a.A.data(), in, 0.f, xd, in);
-      const uint64_t e0 = (uint64_t)n0 * in;
+      const uint64_t e0 = (a.mask_row0 + (uint64_t)n0) * in;
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < (int64_t)nc * in; i++)
         if (lora_keep(a.mask_key, e0 + i, a.dropout)) dxc[i] += xd[i] * inv_keep;
@@ -195,7 +195,7 @@ void lora_linear_ref(const LoraAdapter& a, const double* W, const double* x, dou
   std::vector<double> xd((size_t)in), u((size_t)r);
   for (int n = 0; n < N; n++) {
     for (int64_t i = 0; i < in; i++) {
-      bool keep = !a.dropout_active() || lora_keep(a.mask_key, (uint64_t)n * in + i, a.dropout);
+      bool keep = !a.dropout_active() || lora_keep(a.mask_key, (a.mask_row0 + (uint64_t)n) * in + i, a.dropout);
       xd[i] = keep ? x[(size_t)n * in + i] * inv_keep : 0.0;
     }
     for (int k = 0; k < r; k++) {

@@ -54,7 +54,7 @@ struct LoraAdapter {  // y += scale · (dropout(x)·Aᵀ)·Bᵀ ; A: [r, in], B:
   int64_t in = 0, out = 0;
   float scale = 1.f;
   float dropout = 0.f;
-  avector<float> A, B, dA, dB;  // fp32 master weights [r,in], [out,r] and their grads
+  Buf<float> A, B, dA, dB;      // fp32 master weights [r,in], [out,r] and their grads (FSDP: views)
   avector<bf16> A_bf, B_bf;     // bf16 compute copies: unused by the fp32 CPU path (see above)
   void sync_compute_copies();
 
@@ -62,6 +62,9 @@ struct LoraAdapter {  // y += scale · (dropout(x)·Aᵀ)·Bᵀ ; A: [r, in], B:
   int layer = 0, site = 0;      // position of this adapter: layer index, site index (q=0 .. down=6)
   bool training = false;        // dropout applies only in training passes
   uint64_t mask_key = 0;        // key of the current pass's masks (lora_mask_key)
+  uint64_t mask_row0 = 0;       // global index of input row 0: the mask of element (n, i) is that of
+                                // e = (mask_row0 + n)·in + i, so a data-parallel rank holding rows
+                                // [row0, ...) of a micro-batch draws the single-process masks
   avector<float> u;             // [N, r] dropout(x)·Aᵀ of the last forward (backward input)
   int64_t saved_rows = 0;       // N of the last forward
 
@@ -85,7 +88,7 @@ inline float counter_uniform(uint64_t key, uint64_t e) {
   return (float)(lora_mix64(key + e * 0x9E3779B97F4A7C15ull) >> 40) * (1.0f / 16777216.0f);
 }
 uint64_t lora_mask_key(uint64_t seed, uint64_t step, uint64_t micro, int layer, int site);
-// Dropout keep decision for element e = n·in + i of the site input x [N,in].
+// Dropout keep decision for element e = (mask_row0 + n)·in + i of the site input x [N,in].
 inline bool lora_keep(uint64_t key, uint64_t e, float p) { return counter_uniform(key, e) >= p; }
 // PEFT init of A (U(-1/√in, 1/√in)), deterministic in (seed, layer, site), B = 0.
 void lora_init(LoraAdapter& a, uint64_t seed);

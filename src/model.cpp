@@ -226,15 +226,27 @@ ForwardStats LlamaModel::head_loss(const Batch& b, const float* xf, float grad_s
 const float* LlamaModel::run_eval(const Batch& b) {
   set_lora_mode(false);  // no dropout outside training
   prepare(b.B, b.T, false);
-  embed_input(b, xs_[0].data());
   const int L = cfg_.num_hidden_layers;
-  for (int l = 0; l < L; l++) block_forward(l, xs_[l % 2].data(), acts_[0], xs_[(l + 1) % 2].data());
+  acquire(0);
+  embed_input(b, xs_[0].data());
+  release(0);
+  for (int l = 0; l < L; l++) {
+    acquire(1 + l);
+    block_forward(l, xs_[l % 2].data(), acts_[0], xs_[(l + 1) % 2].data());
+    release(1 + l);
+  }
   return xs_[L % 2].data();
 }
 
 ForwardStats LlamaModel::forward(const Batch& b, float* losses) {
+  if (hooks_) hooks_->begin_pass(false);
   const float* xf = run_eval(b);
-  return head_loss(b, xf, 1.f, false, losses);
+  const int H = cfg_.num_hidden_layers + 1;
+  acquire(H);
+  ForwardStats st = head_loss(b, xf, 1.f, false, losses);
+  release(H);
+  if (hooks_) hooks_->end_pass();
+  return st;
 }
 
 ForwardStats LlamaModel::forward_backward(const Batch& b, float grad_scale) {
@@ -243,15 +255,26 @@ ForwardStats LlamaModel::forward_backward(const Batch& b, float grad_scale) {
   prepare(b.B, b.T, true);
   const int L = cfg_.num_hidden_layers;
   const size_t NC = (size_t)b.B * b.T * cfg_.hidden_size;
+  if (hooks_) hooks_->begin_pass(true);
+  acquire(0);
   embed_input(b, xs_[0].data());
-  for (int l = 0; l < L; l++)
+  release(0);
+  for (int l = 0; l < L; l++) {
+    acquire(1 + l);
     block_forward(l, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], xs_[l + 1].data());
+    release(1 + l);
+  }
+  acquire(L + 1);
   ForwardStats st = head_loss(b, xs_[L].data(), grad_scale, true, nullptr);  // dres_ = dL/dxs_[L]
+  release(L + 1);
   for (int l = L - 1; l >= 0; l--) {
+    acquire(1 + l);
     if (opt_.checkpoint)  // recompute this block's activations from its saved input
       block_forward(l, xs_[l].data(), acts_[0], tmpC_.data());
     block_backward(l, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], dres_.data());
+    release(1 + l);
   }
+  if (hooks_) hooks_->end_pass();
   std::memcpy(d_x0_.data(), dres_.data(), NC * sizeof(float));  // d(loss)/d(input embeds)
   if (b.ids && embed_trainable)
     embedding_backward(embed_grad.data(), d_x0_.data(), b.ids, b.B * b.T, cfg_.hidden_size,
@@ -260,12 +283,16 @@ ForwardStats LlamaModel::forward_backward(const Batch& b, float grad_scale) {
 }
 
 void LlamaModel::logits(const Batch& b, float* out) {
+  if (hooks_) hooks_->begin_pass(false);
   const float* xf = run_eval(b);
   const int N = B_ * T_, C = cfg_.hidden_size, V = cfg_.vocab_size;
+  acquire(cfg_.num_hidden_layers + 1);
   rmsnorm_forward(tmpC_.data(), rstdf_.data(), xf, norm.w.data(), N, C, cfg_.rms_norm_eps);
   float_to_bf16(tmpC_.data(), xf_bf_.data(), (size_t)N * C);
   // out[N,V] = xf_bf[N,C] · lm_headᵀ
   gemm_bf16(false, true, N, V, C, 1.f, xf_bf_.data(), C, lm_head_weight(), C, 0.f, out, V);
+  release(cfg_.num_hidden_layers + 1);
+  if (hooks_) hooks_->end_pass();
 }
 
 // ---- trainable tensors -------------------------------------------------------------------------
@@ -317,7 +344,7 @@ const avector<float>& LlamaModel::grad(const std::string& n) const {
 }
 
 void LlamaModel::zero_grad() {
-  auto z = [](avector<float>& g) { std::fill(g.begin(), g.end(), 0.f); };
+  auto z = [](auto& g) { std::fill(g.begin(), g.end(), 0.f); };
   for (auto& blk : blocks) {
     for (LinearSite* s : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down}) z(s->grad);
     z(blk.ln1.grad), z(blk.ln2.grad);
@@ -379,7 +406,13 @@ auto sites_of(Blk& blk) {  // site order q,k,v,o,gate,up,down (= lora_site_names
 }
 }  // namespace
 
-void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed) {
+void LlamaModel::add_lora_skeleton(const LoraConfig& cfg) {
+  add_lora(cfg, 0, /*allocate=*/false);
+}
+
+void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed) { add_lora(cfg, seed, true); }
+
+void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed, bool allocate) {
   if (lora_cfg_) fail("add_lora: the model already has LoRA adapters");
   FRUGAL_CHECK(!blocks.empty(), "add_lora: model has no weights loaded");
   cfg.validate();
@@ -395,7 +428,10 @@ void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed) {
       s.lora = std::make_unique<LoraAdapter>(c.rank, s.W.in, s.W.out, c.scale(), c.dropout);
       s.lora->layer = (int)l;
       s.lora->site = (int)si;
-      lora_init(*s.lora, seed);
+      if (allocate)
+        lora_init(*s.lora, seed);
+      else
+        s.lora->A.reset(), s.lora->B.reset(), s.lora->dA.reset(), s.lora->dB.reset();
     }
   }
   lora_cfg_ = std::make_unique<LoraConfig>(c);
@@ -404,7 +440,7 @@ void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed) {
 std::vector<ParamRef> LlamaModel::trainable_params() {
   std::vector<ParamRef> ps;
   std::string bf16_trainable;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, avector<float>& w, avector<float>& g) {
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, auto& w, auto& g) {
     FRUGAL_CHECK(w.size() == g.size(), "parameter ", name, " has no gradient buffer");
     ps.push_back(ParamRef{name, std::move(shape), w.data(), g.data(), w.size()});
   };
@@ -434,10 +470,11 @@ void LlamaModel::sync_lora() {
       if (s->lora) s->lora->sync_compute_copies();
 }
 
-void LlamaModel::set_dropout_rng(uint64_t seed, uint64_t step) {
+void LlamaModel::set_dropout_rng(uint64_t seed, uint64_t step, uint64_t row0) {
   drop_seed_ = seed;
   drop_step_ = step;
   drop_micro_ = 0;
+  drop_row0_ = row0;
 }
 
 void LlamaModel::set_lora_mode(bool training) {
@@ -447,6 +484,7 @@ void LlamaModel::set_lora_mode(bool training) {
       if (s->lora) {
         s->lora->training = training;
         s->lora->mask_key = lora_mask_key(drop_seed_, drop_step_, drop_micro_, s->lora->layer, s->lora->site);
+        s->lora->mask_row0 = training ? drop_row0_ : 0;
       }
 }
 

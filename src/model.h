@@ -76,7 +76,7 @@ struct LinearSite {
 // An fp32 parameter (norm weights) or a bf16 one (embedding, lm_head) with an optional gradient.
 struct NormParam {
   std::string name;
-  avector<float> w;        // [C]
+  Buf<float> w;            // [C]
   bool trainable = false;
   avector<float> grad;     // [C] when trainable
 };
@@ -109,6 +109,17 @@ struct Batch {
   const int32_t* targets = nullptr; // [B,T] shifted targets, -100 ignored
 };
 
+// Called around every use of a unit's weights (FSDP, sharding/fsdp.h: gather before, free
+// after). Units: 0 = embedding, 1 + l = block l, L + 1 = head (final norm + lm_head). A pass calls
+// begin_pass, then acquire/release in the order of fsdp_schedule, then end_pass.
+struct UnitHooks {
+  virtual ~UnitHooks() = default;
+  virtual void begin_pass(bool backward) = 0;
+  virtual void acquire(int unit) = 0;
+  virtual void release(int unit) = 0;
+  virtual void end_pass() = 0;
+};
+
 class LlamaModel {
  public:
   // dir: config.json + model.safetensors (or the sharded index). Missing tensor or wrong shape:
@@ -116,6 +127,12 @@ class LlamaModel {
   static LlamaModel load(const std::string& dir, const ModelOptions& opt = {});
   // An empty model of that config (weights unset); load() fills it.
   LlamaModel(const LlamaConfig& cfg, const ModelOptions& opt) : cfg_(cfg), opt_(opt) {}
+
+  // The model's structure (names, shapes, NF4 metadata) without any weight storage: FSDP binds
+  // the tensors to gathered unit buffers just in time (set_unit_hooks).
+  static LlamaModel skeleton(const LlamaConfig& cfg, const ModelOptions& opt);
+  void set_unit_hooks(UnitHooks* h) { hooks_ = h; }
+  UnitHooks* unit_hooks() const { return hooks_; }
 
   const LlamaConfig& config() const { return cfg_; }
   const ModelOptions& options() const { return opt_; }
@@ -147,6 +164,8 @@ class LlamaModel {
   // Attaches an adapter to every targeted linear of every layer, PEFT init (A ~ U(-1/√in, 1/√in),
   // B = 0), deterministic in seed and independent of the thread count. Once per model.
   void add_lora(const LoraConfig& cfg, uint64_t seed);
+  // Adapters with shapes, scale and dropout but no storage (FSDP binds A, B, dA, dB).
+  void add_lora_skeleton(const LoraConfig& cfg);
   // LoRA A, B of every site (layer order; q,k,v,o,gate,up,down; A then B; PEFT names), then any
   // trainable norm weight (HF name). Trainable bf16 tensors (linears, embeddings) have no fp32
   // master weight to hand out: throws naming them.
@@ -154,14 +173,16 @@ class LlamaModel {
   void sync_lora();  // refresh compute copies after the optimizer step
   // Dropout masks of the following forward_backward calls: micro-batch i (0, 1, ... counted from
   // this call) of optimizer step `step` uses the stream lora_mask_key(seed, step, i, layer, site).
-  void set_dropout_rng(uint64_t seed, uint64_t step);
+  // row0: global index of this batch's first token row (B·T rows) when a data-parallel rank holds a
+  // slice of the micro-batch, so its masks equal the single-process run's (0 otherwise).
+  void set_dropout_rng(uint64_t seed, uint64_t step, uint64_t row0 = 0);
   const LoraConfig* lora_config() const { return lora_cfg_ ? &*lora_cfg_ : nullptr; }
   // The adapter of a linear (by HF weight name), null if none.
   LoraAdapter* lora_adapter(const std::string& hf_weight_name);
 
   // ---- the network's parts (public for tests and the trainer) ----
-  avector<bf16> embed;      // [V,C]
-  avector<bf16> lm_head_w;  // [V,C], empty when tied
+  Buf<bf16> embed;          // [V,C]
+  Buf<bf16> lm_head_w;      // [V,C], empty when tied
   NormParam norm;           // model.norm.weight
   std::vector<LlamaBlock> blocks;
   bool embed_trainable = false, lm_head_trainable = false;
@@ -176,6 +197,10 @@ class LlamaModel {
   LlamaConfig cfg_;
   ModelOptions opt_;
   std::unique_ptr<LoraConfig> lora_cfg_;     // set by add_lora
+  UnitHooks* hooks_ = nullptr;               // FSDP (null: weights are resident)
+  void acquire(int u) { if (hooks_) hooks_->acquire(u); }
+  void release(int u) { if (hooks_) hooks_->release(u); }
+  uint64_t drop_row0_ = 0;
   uint64_t drop_seed_ = 0, drop_step_ = 0, drop_micro_ = 0;  // dropout stream (set_dropout_rng)
   void set_lora_mode(bool training);         // dropout on/off and this pass's mask keys
   // buffers of the current batch shape
@@ -201,6 +226,7 @@ class LlamaModel {
   const float* run_eval(const Batch& b);     // forward without saving; returns the final hidden [N,C]
   ForwardStats head_loss(const Batch& b, const float* xf, float grad_scale, bool with_grad, float* losses);
   LinearSite* find_linear(const std::string& hf_name);
+  void add_lora(const LoraConfig& cfg, uint64_t seed, bool allocate);
   NormParam* find_norm(const std::string& hf_name);
 };
 

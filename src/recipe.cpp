@@ -99,7 +99,7 @@ const std::vector<KeyDef>& schema() {
       K_BOOL("data", "pack", pack, "concatenate samples into full rows (false: one sample per row, padded)", "packing"),
       K_BOOL("data", "shuffle", shuffle, "shuffle the samples each epoch (from train.seed and the epoch)"),
       K_INT("train", "steps", steps, "optimizer steps", "max_steps", "num_steps"),
-      K_INT("train", "micro_batch", micro_batch, "rows per forward/backward", "batch_size", "per_device_train_batch_size"),
+      K_INT("train", "micro_batch", micro_batch, "rows per forward/backward, summed over all ranks (under mpirun each rank takes its slice)", "batch_size", "per_device_train_batch_size"),
       K_INT("train", "grad_accum", grad_accum, "micro-batches accumulated per optimizer step", "gradient_accumulation_steps", "accum"),
       K_UINT("train", "seed", seed, "seed of LoRA init, data order and dropout (same seed + threads = same run bit for bit)"),
       K_BOOL("train", "activation_checkpointing", activation_checkpointing, "recompute each block in backward instead of keeping its activations", "gradient_checkpointing"),
@@ -107,6 +107,9 @@ const std::vector<KeyDef>& schema() {
       K_STR("train", "output_dir", output_dir, "run directory: metrics.jsonl, checkpoints/, the effective recipe"),
       K_INT("checkpoint", "every", checkpoint_every, "write a checkpoint every N steps (0 = only at the end)", "save_steps", "checkpoint_every"),
       K_INT("checkpoint", "keep", checkpoint_keep, "periodic checkpoints kept, older ones deleted (0 = keep all)", "save_total_limit"),
+      K_INT("fsdp", "prefetch", fsdp_prefetch, "units all-gathered ahead of the one computing (mpirun runs; 0 = no prefetch)", "prefetch_depth", "forward_prefetch"),
+      K_BOOL("fsdp", "offload_params", fsdp_offload, "keep each rank's frozen shard in pinned host memory and copy units to the device just in time (GPU runs; no effect on the CPU backend)", "offload", "cpu_offload"),
+      K_FLOAT("fsdp", "comm_timeout", fsdp_comm_timeout, "seconds a collective may take before the job is aborted (a dead or stuck rank)", "timeout"),
   };
   return s;
 }
@@ -470,6 +473,9 @@ void Recipe::validate(const std::string& where) const {
   // [checkpoint]
   need(checkpoint_every >= 0, "checkpoint.every", checkpoint_every, "must be >= 0 (0 = only at the end)");
   need(checkpoint_keep >= 0, "checkpoint.keep", checkpoint_keep, "must be >= 0 (0 = keep all)");
+  // [fsdp]
+  need(fsdp_prefetch >= 0 && fsdp_prefetch <= 8, "fsdp.prefetch", fsdp_prefetch, "must be in [0, 8]");
+  need(std::isfinite(fsdp_comm_timeout) && fsdp_comm_timeout > 0.f, "fsdp.comm_timeout", fsdp_comm_timeout, "must be > 0 seconds");
 }
 
 std::string Recipe::to_toml() const {

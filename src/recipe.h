@@ -2,7 +2,7 @@
 // parsing, `--set section.key=value` overrides, validation, "did you mean" suggestions and the
 // effective-recipe dump (to_toml).
 //
-// Sections: [model] [quant] [lora] [optim] [data] [train] [checkpoint]; the keys and their help
+// Sections: [model] [quant] [lora] [optim] [data] [train] [checkpoint] [fsdp]; the keys and their help
 // are listed by recipe_help() and, with their values, by to_toml() (`frugal train --dry-run`).
 // An unknown section or key, a value of the wrong type or out of range is a frugal::Error naming
 // the key and the file (or the --set argument), with the nearest valid key by edit distance (also
@@ -59,6 +59,10 @@ struct Recipe {
   // [checkpoint]
   int checkpoint_every = 0;               // 0 = only at the end
   int checkpoint_keep = 2;                // periodic checkpoints kept (older ones deleted); 0 = keep all
+  // [fsdp] (runs under mpirun; see sharding/fsdp.h)
+  int fsdp_prefetch = 1;                  // units all-gathered ahead of the computing one
+  bool fsdp_offload = false;              // frozen shard in pinned host memory (GPU); no-op on CPU
+  float fsdp_comm_timeout = 600.f;        // seconds before a collective aborts the job
 
   // Reads and validates a recipe file, then applies overrides ("lora.rank=32") in order.
   static Recipe load(const std::string& path, const std::vector<std::string>& overrides = {});

@@ -1,4 +1,4 @@
-// trainer.h: the single-process QLoRA training loop (issue 3).
+// trainer.h: the QLoRA training loop (issue 3), single-process or sharded (issue 5).
 //
 // Trainer(recipe): model (recipe model.path; created with init_model from model.preset when the
 // directory has no config.json), frozen base quantized per [quant], LoRA per [lora], data (HDF5
@@ -10,6 +10,15 @@
 //   non-ignored targets n over ALL of them; for micro-batch j: set_dropout_rng(seed, s·accum + j),
 //   forward_backward(grad_scale = 1/n)  -> the gradient of the mean loss over the whole step;
 //   clip_grad_norm(grad_clip); lr = schedule.at(s); AdamW step; sync_lora (bf16 copies).
+// Under mpirun (W > 1 ranks) the model is sharded (sharding/fsdp.h): every rank loads only its
+// shard of each unit (sharding/shard_load.h), takes rows [B·r/W, B·(r+1)/W) of every micro-batch
+// (train.micro_batch is the global batch; each rank still reads the same global rows, so n counts
+// all of them and the gradient scale is the single-process one), runs forward_backward with its
+// units gathered just in time, and the reduce-scattered LoRA grads land in its shard; the loss
+// sum and the squared grad norm are all-reduced; AdamW updates the shards. Dropout masks use the
+// global row index (set_dropout_rng row0), so a sharded run is the single-process run up to fp32
+// summation order. Rank 0 writes the files (recipe, metrics, data.h5, `latest`); checkpoints are
+// written by all ranks into one parallel-HDF5 file of the single-process format.
 // Everything a later step depends on is (LoRA weights, Adam moments and t, step, data cursor,
 // seed): the checkpoint holds exactly that, so a resumed run repeats the uninterrupted one bit for bit.
 #pragma once
@@ -18,6 +27,9 @@
 #include <string>
 #include <vector>
 
+#include "sharding/comm.h"
+#include "sharding/fsdp.h"
+#include "sharding/layout.h"
 #include "src/dataset.h"
 #include "src/model.h"
 #include "src/optim.h"
@@ -39,7 +51,10 @@ struct StepMetrics {
 
 class Trainer {
  public:
-  explicit Trainer(const Recipe& r);  // loads (or inits) the model, LoRA, data, optimizer
+  // loads (or inits) the model, LoRA, data, optimizer. comm: the job's communicator (null: the
+  // world communicator, i.e. sharded when launched by mpirun with W > 1).
+  explicit Trainer(const Recipe& r, Communicator* comm = nullptr);
+  ~Trainer();
   Trainer(const Trainer&) = delete;   // the loader refers to ds_
   Trainer& operator=(const Trainer&) = delete;
   void resume(const std::string& checkpoint_path);  // exact continuation
@@ -47,6 +62,11 @@ class Trainer {
   void run(int64_t max_steps = -1);   // until recipe train.steps (or max_steps more steps)
   void save(const std::string& path); // checkpoint now
   LlamaModel& model() { return *model_; }
+  bool sharded() const { return fsdp_ != nullptr; }
+  Fsdp* fsdp() { return fsdp_.get(); }
+  Communicator& comm() { return *comm_; }
+  // The LoRA tensors in trainable_params order, full (gathered on every rank when sharded).
+  std::vector<std::pair<std::string, avector<float>>> gather_lora();
   int64_t step() const { return step_; }
 
   // ---- additions (used by cmd_train, bench and tests) ----
@@ -65,7 +85,11 @@ class Trainer {
 
  private:
   Recipe r_;
+  std::unique_ptr<Communicator> own_comm_;
+  Communicator* comm_ = nullptr;
   std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<ModelLayout> layout_;        // sharded runs
+  std::unique_ptr<Fsdp> fsdp_;                 // sharded runs
   TokenDataset ds_;
   std::unique_ptr<BatchLoader> loader_;
   AdamW opt_;
@@ -78,6 +102,7 @@ class Trainer {
 
   void setup_data();                           // ds_ + loader_ (synthetic data depends on the seed)
   void write_checkpoint_rotating();            // step-<N>.h5 + latest, keep the last checkpoint_keep
+  bool root() const { return comm_->rank() == 0; }
 };
 
 // Model/LoRA/memory summary of a recipe without loading weights (for --dry-run): parameter counts,

@@ -358,7 +358,7 @@ TEST(Lora, SiteForwardAndBackwardVsReferenceAndFiniteDifferences) {
     // A and B are fp32: perturb them in fp64 via a temporary fp64 copy is not possible through the
     // adapter, so step by h exactly representable offsets in fp32 (h = 2^-10 ≈ 1e-3 below)
     const float hf = 1.0f / 1024;
-    auto fdf = [&](avector<float>& w) {
+    auto fdf = [&](auto& w) {
       std::vector<double> d(w.size());
       for (size_t i = 0; i < w.size(); i++) {
         float v0 = w[i];

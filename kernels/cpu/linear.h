@@ -13,7 +13,7 @@ namespace frugal {
 struct FrozenWeight {  // W: [out, in], frozen (no gradient)
   enum class Kind { BF16, NF4 } kind = Kind::BF16;
   int64_t out = 0, in = 0;
-  avector<bf16> w;     // Kind::BF16: [out, in]
+  Buf<bf16> w;         // Kind::BF16: [out, in]
   quant::NF4Tensor q;  // Kind::NF4
   static FrozenWeight from_bf16(avector<bf16> w, int64_t out, int64_t in);
   static FrozenWeight quantize_nf4(const bf16* w, int64_t out, int64_t in, int blocksize = 64,
