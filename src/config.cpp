@@ -120,7 +120,11 @@ void parse_rope_object(const json& rs, const char* key, LlamaConfig& c, const st
 
 }  // namespace
 
-std::vector<std::string> config_preset_names() { return {"tiny", "small", "llama3-8b-2layers", "llama3-70b-2layers"}; }
+// llama3.1-8b / llama3.1-70b: the real models' config.json values, for planning (`frugal plan
+// --set model.preset=llama3.1-70b`) before downloading; `frugal init` would write a random model.
+std::vector<std::string> config_preset_names() {
+  return {"tiny", "small", "llama3-8b-2layers", "llama3-70b-2layers", "llama3.1-8b", "llama3.1-70b"};
+}
 
 int64_t LlamaConfig::num_parameters() const {
   const int64_t d = hidden_size, q = q_dim(), kv = kv_dim(), f = intermediate_size, V = vocab_size;
@@ -360,10 +364,12 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
     c.num_attention_heads = 9; c.num_key_value_heads = 3; c.max_position_embeddings = 8192;
     c.tie_word_embeddings = true; c.rope.theta = 100000.f;
     c.bos_token_id = 0; c.eos_token_ids = {0};
-  } else if (name == "llama3-8b-2layers" || name == "llama3-70b-2layers") {  // Llama-3.1 widths, 2 layers
-    const bool big = name == "llama3-70b-2layers";
+  } else if (name == "llama3-8b-2layers" || name == "llama3-70b-2layers" || name == "llama3.1-8b" ||
+             name == "llama3.1-70b") {  // Llama-3.1 widths; 2 layers, or all of them
+    const bool big = name == "llama3-70b-2layers" || name == "llama3.1-70b";
     c.vocab_size = 128256; c.hidden_size = big ? 8192 : 4096; c.intermediate_size = big ? 28672 : 14336;
-    c.num_hidden_layers = 2; c.num_attention_heads = big ? 64 : 32; c.num_key_value_heads = 8;
+    c.num_hidden_layers = name == "llama3.1-8b" ? 32 : name == "llama3.1-70b" ? 80 : 2;
+    c.num_attention_heads = big ? 64 : 32; c.num_key_value_heads = 8;
     c.max_position_embeddings = 131072;
     c.rope.theta = 500000.f; c.rope.type = fm::ROPE_LLAMA3; c.rope.factor = 8.f;
     c.rope.low_freq_factor = 1.f; c.rope.high_freq_factor = 4.f; c.rope.original_max_position_embeddings = 8192;

@@ -9,7 +9,6 @@
 
 namespace frugal {
 
-
 namespace {
 struct Loader {
   const SafetensorsModel& st;
@@ -44,41 +43,26 @@ LlamaModel LlamaModel::load(const std::string& dir, const ModelOptions& opt) {
   LlamaConfig cfg = LlamaConfig::load(dir);
   if (cfg.architecture != "LlamaForCausalLM")
     fail("model ", dir, ": architecture ", cfg.architecture, " is not supported (LlamaForCausalLM)");
-  FRUGAL_CHECK(opt.nf4_blocksize > 0, "nf4 blocksize ", opt.nf4_blocksize);
-  LlamaModel m(cfg, opt);
+  // Names and shapes come from skeleton(): the one list of the model's tensors.
+  LlamaModel m = skeleton(cfg, opt);
   SafetensorsModel st(dir);
   Loader ld{st, dir};
-  const int64_t V = cfg.vocab_size, C = cfg.hidden_size, Q = cfg.q_dim(), KV = cfg.kv_dim();
-  const int64_t F = cfg.intermediate_size;
+  const int64_t V = cfg.vocab_size, C = cfg.hidden_size;
 
   m.embed = ld.bf16s("model.embed_tokens.weight", {V, C});
   if (!cfg.tie_word_embeddings) m.lm_head_w = ld.bf16s("lm_head.weight", {V, C});
-  m.norm.name = "model.norm.weight";
   m.norm.w = ld.floats(m.norm.name, {C});
-
-  auto linear = [&](LinearSite& s, const std::string& name, int64_t out, int64_t in) {
-    s.name = name;
-    avector<bf16> w = ld.bf16s(name, {out, in});  // one bf16 tensor at a time, quantized right away
-    if (opt.quant == QuantMode::NF4)
-      s.W = FrozenWeight::quantize_nf4(w.data(), out, in, opt.nf4_blocksize, opt.nf4_double_quant);
-    else
-      s.W = FrozenWeight::from_bf16(std::move(w), out, in);
-  };
-  m.blocks.resize(cfg.num_hidden_layers);
-  for (int i = 0; i < cfg.num_hidden_layers; i++) {
-    LlamaBlock& b = m.blocks[i];
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    b.ln1.name = p + "input_layernorm.weight";
+  for (LlamaBlock& b : m.blocks) {
     b.ln1.w = ld.floats(b.ln1.name, {C});
-    b.ln2.name = p + "post_attention_layernorm.weight";
     b.ln2.w = ld.floats(b.ln2.name, {C});
-    linear(b.q, p + "self_attn.q_proj.weight", Q, C);
-    linear(b.k, p + "self_attn.k_proj.weight", KV, C);
-    linear(b.v, p + "self_attn.v_proj.weight", KV, C);
-    linear(b.o, p + "self_attn.o_proj.weight", C, Q);
-    linear(b.gate, p + "mlp.gate_proj.weight", F, C);
-    linear(b.up, p + "mlp.up_proj.weight", F, C);
-    linear(b.down, p + "mlp.down_proj.weight", C, F);
+    for (LinearSite* s : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) {
+      const int64_t out = s->W.out, in = s->W.in;  // [out, in] as skeleton() set them
+      avector<bf16> w = ld.bf16s(s->name, {out, in});  // one bf16 tensor at a time, quantized right away
+      if (opt.quant == QuantMode::NF4)
+        s->W = FrozenWeight::quantize_nf4(w.data(), out, in, opt.nf4_blocksize, opt.nf4_double_quant);
+      else
+        s->W = FrozenWeight::from_bf16(std::move(w), out, in);
+    }
   }
   return m;
 }

@@ -42,26 +42,6 @@ bool targeted(const LoraConfig* lora, const char* site) {
   return std::find(t.begin(), t.end(), site) != t.end();
 }
 
-// kernels/cpu/linear.cpp, linear_forward on NF4: the [tr, in] bf16 tile each thread dequantizes.
-size_t nf4_forward_tile_elems(int64_t out64, int64_t in, int nthr) {
-  const int out = (int)out64;
-  int tr = linear_nf4_tile_rows(in);
-  const int balance = std::max(16, (out + 2 * nthr - 1) / (2 * nthr) / 16 * 16);
-  tr = std::min(tr, balance);
-  int ntiles = (out + tr - 1) / tr;
-  ntiles = (ntiles + nthr - 1) / nthr * nthr;
-  tr = std::max(16, ((out + ntiles - 1) / ntiles + 15) / 16 * 16);
-  return (size_t)tr * (size_t)in;
-}
-// linear_backward_input on NF4: the [min(tr, out), ti] tile of a column slab.
-size_t nf4_backward_tile_elems(int64_t out, int64_t in64, int nthr) {
-  const int in = (int)in64;
-  int ti = (in + 2 * nthr - 1) / (2 * nthr);
-  ti = std::min(in, std::max(256, (ti + 63) / 64 * 64));
-  const int tr = std::clamp(((1 << 20) / ti) / 16 * 16, 16, 1024);
-  return (size_t)std::min<int64_t>(tr, out) * (size_t)ti;
-}
-
 // src/lora.cpp chunk_rows: rows per chunk of the LoRA input/grad buffers (4 MB of fp32 each).
 int64_t lora_chunk_rows(int64_t in, int64_t out, int64_t N) {
   const int64_t rows = (int64_t(1) << 20) / std::max(in, out);
@@ -101,7 +81,8 @@ LlamaConfig plan_model_config(const Recipe& r) {
   if (!r.model_path.empty() && fs::exists(fs::path(r.model_path) / "config.json")) return LlamaConfig::load(r.model_path);
   if (!r.model_preset.empty()) return LlamaConfig::preset(r.model_preset);
   if (r.model_path.empty()) fail(r.path, ": neither model.path nor model.preset is set");
-  fail(r.path, ": model.path '", r.model_path, "' has no config.json and model.preset is not set");
+  fail(r.path, ": model.path '", r.model_path, "' has no config.json and model.preset is not set (to plan "
+       "before downloading, name the shapes: --set model.preset=llama3.1-70b, llama3.1-8b, ...)");
 }
 
 size_t plan_activation_bytes(const LlamaConfig& c, const LoraConfig* lora, int B, int T, bool checkpoint) {
@@ -255,7 +236,7 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
   if (mo.quant == QuantMode::NF4) {
     size_t tile = 0;
     for (const Site& s : sites_of(c))
-      tile = std::max({tile, nf4_forward_tile_elems(s.out, s.in, nthr), nf4_backward_tile_elems(s.out, s.in, nthr)});
+      tile = std::max(tile, linear_nf4_scratch_elems(s.out, s.in, nthr));  // the kernels' own tiling
     dequant = (size_t)nthr * tile * 2;
   }
 

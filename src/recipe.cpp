@@ -73,7 +73,7 @@ Value vl(const std::vector<std::string>& l) { Value v; v.l = l; return v; }
 const std::vector<KeyDef>& schema() {
   static const std::vector<KeyDef> s = {
       K_STR("model", "path", model_path, "Hugging Face model dir (config.json + safetensors); created by `frugal init` from model.preset when it has no config.json", "model_name_or_path", "dir"),
-      K_STR("model", "preset", model_preset, "config preset used to create model.path when absent: tiny | small | llama3-8b-2layers | llama3-70b-2layers (\"\" = none)"),
+      K_STR("model", "preset", model_preset, "config preset used to create model.path when absent: tiny | small | llama3-8b-2layers | llama3-70b-2layers | llama3.1-8b | llama3.1-70b (\"\" = none)"),
       K_UINT("model", "init_seed", model_init_seed, "seed of the random init of a preset model"),
       K_STR("quant", "type", quant_type, "storage of the frozen base linears: nf4 (QLoRA) | none (bf16)", "quant_type", "bnb_4bit_quant_type"),
       K_INT("quant", "blocksize", quant_blocksize, "NF4 block size (power of two, 32..4096)", "block_size"),

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -40,68 +41,8 @@ static void make_dirs(const std::string& dir, const char* what) {
   if (ec || !fs::is_directory(dir)) fail("cannot create ", what, " '", dir, "': ", ec ? ec.message() : "not a directory");
 }
 
-// ---- plan summary (dry run) ---------------------------------------------------------------
-
-static LlamaConfig recipe_model_config(const Recipe& r) {
-  if (!r.model_path.empty() && fs::exists(fs::path(r.model_path) / "config.json"))
-    return LlamaConfig::load(r.model_path);
-  if (!r.model_preset.empty()) return LlamaConfig::preset(r.model_preset);
-  if (r.model_path.empty()) fail(r.path, ": neither model.path nor model.preset is set");
-  fail(r.path, ": model.path '", r.model_path, "' has no config.json and model.preset is not set");
-}
-
 static std::string model_dir_of(const Recipe& r) {
   return r.model_path.empty() ? (fs::path(r.output_dir) / "model").string() : r.model_path;
-}
-
-std::string describe_recipe_plan(const Recipe& r) {
-  const LlamaConfig c = recipe_model_config(r);
-  const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
-  const int64_t L = c.num_hidden_layers, V = c.vocab_size, H = c.num_attention_heads;
-  struct Site { const char* name; int64_t in, out; };
-  const Site sites[7] = {{"q_proj", C, Q}, {"k_proj", C, KV}, {"v_proj", C, KV}, {"o_proj", Q, C},
-                         {"gate_proj", C, F}, {"up_proj", C, F}, {"down_proj", F, C}};
-  const std::vector<std::string> targets = LoraConfig::expand_targets(r.lora.target_modules);
-  int64_t lin = 0, lora = 0;
-  for (const Site& s : sites) {
-    lin += s.in * s.out;
-    if (std::find(targets.begin(), targets.end(), s.name) != targets.end()) lora += (int64_t)r.lora.rank * (s.in + s.out);
-  }
-  lin *= L;
-  lora *= L;
-  const bool nf4 = r.quant_type == "nf4";
-  const int64_t bs = r.quant_blocksize;
-  // NF4: 4 bits/weight + absmax (double quant: uint8 per block + fp32 per 256 blocks)
-  const double frozen = nf4 ? lin / 2.0 + (r.quant_double ? lin / (double)bs + lin / (double)bs / 256 * 4 : lin / (double)bs * 4)
-                            : lin * 2.0;
-  const double emb = 2.0 * V * C * (c.tie_word_embeddings ? 1 : 2);
-  const double lora_bytes = lora * (4.0 * 4 + 2);  // w, g, m, v fp32 + bf16 copy
-  const double N = (double)r.micro_batch * r.seq_len;
-  const double per_block = 4 * N * (3 * C + 2 * Q + 2 * KV + 2 * F) + 8 * N + 4 * N * H;
-  const double acts = r.activation_checkpointing ? L * 4 * N * C + per_block : L * per_block;
-  auto hb = [](double b) {  // human-readable bytes
-    char t[32];
-    if (b >= 1024.0 * 1024 * 1024) std::snprintf(t, sizeof t, "%.2f GiB", b / (1024.0 * 1024 * 1024));
-    else if (b >= 1024.0 * 1024) std::snprintf(t, sizeof t, "%.1f MiB", b / (1024.0 * 1024));
-    else std::snprintf(t, sizeof t, "%.1f KiB", b / 1024.0);
-    return std::string(t);
-  };
-  char buf[1600];
-  std::snprintf(buf, sizeof buf,
-                "model: %s (%s), %lld layers, hidden %lld, ffn %lld, heads %lld/%d, vocab %lld, %.1fM parameters\n"
-                "quant: %s%s, frozen decoder linears %.1fM params = %s; embeddings %s bf16\n"
-                "lora: rank %d, alpha %g, scale %g%s, dropout %g, %zu target modules, %.3fM trainable parameters (%.3f%%)\n"
-                "batch: %d x %d tokens x %d accumulation = %lld tokens/step, %d steps\n"
-                "memory estimate: frozen %s + embeddings %s + LoRA state %s + activations %s%s = %s\n",
-                model_dir_of(r).c_str(), r.model_preset.empty() ? "from disk" : r.model_preset.c_str(), (long long)L,
-                (long long)C, (long long)F, (long long)H, c.num_key_value_heads, (long long)V, c.num_parameters() / 1e6,
-                r.quant_type.c_str(), nf4 ? (r.quant_double ? " (double quant)" : "") : "", lin / 1e6, hb(frozen).c_str(), hb(emb).c_str(),
-                r.lora.rank, r.lora.alpha, r.lora.scale(), r.lora.rslora ? " (rsLoRA)" : "", r.lora.dropout, targets.size(),
-                lora / 1e6, 100.0 * lora / (double)c.num_parameters(), r.micro_batch, r.seq_len, r.grad_accum,
-                (long long)r.micro_batch * r.seq_len * r.grad_accum, r.steps, hb(frozen).c_str(), hb(emb).c_str(),
-                hb(lora_bytes).c_str(), hb(acts).c_str(),
-                r.activation_checkpointing ? " (checkpointed)" : "", hb(frozen + emb + lora_bytes + acts).c_str());
-  return buf;
 }
 
 // ---- Trainer ------------------------------------------------------------------------------
@@ -114,7 +55,8 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(r.adamw) {
     comm = own_comm_.get();
   }
   comm_ = comm;
-  comm_->set_timeout_seconds(r_.fsdp_comm_timeout);
+  // fsdp.comm_timeout, unless the environment overrides it (FRUGAL_COMM_TIMEOUT, read by the communicator)
+  if (!std::getenv("FRUGAL_COMM_TIMEOUT")) comm_->set_timeout_seconds(r_.fsdp_comm_timeout);
   const int W = comm_->world();
   if (r_.micro_batch < 1) fail(r_.path, ": train.micro_batch must be >= 1, got ", r_.micro_batch);
   if (r_.grad_accum < 1) fail(r_.path, ": train.grad_accum must be >= 1, got ", r_.grad_accum);

@@ -105,9 +105,6 @@ class Trainer {
   bool root() const { return comm_->rank() == 0; }
 };
 
-// Model/LoRA/memory summary of a recipe without loading weights (for --dry-run): parameter counts,
-// trainable LoRA parameters, frozen storage, estimated activation memory per step.
-std::string describe_recipe_plan(const Recipe& r);
 
 // Peak resident set size of this process so far (getrusage ru_maxrss), bytes.
 size_t peak_rss_bytes();

@@ -17,8 +17,11 @@
 #include "sharding/shard_load.h"
 #include "src/init.h"
 #include "tests/mpi_util.h"
+#include "tests/shard_load_util.h"
 
 using namespace frugal;
+using test_util::nf4_opts;
+using test_util::shard_load_odd_config;
 
 namespace {
 
@@ -52,28 +55,6 @@ std::string make_model(const std::string& tag, const LlamaConfig& cfg, size_t ma
 void remove_model(const std::string& dir) {
   test::world().barrier();  // nobody reads it any more
   if (test::world().rank() == 0) std::filesystem::remove_all(dir);
-}
-
-ModelOptions nf4_opts(int bs, bool dq) {
-  ModelOptions o;
-  o.quant = QuantMode::NF4;
-  o.nf4_blocksize = bs;
-  o.nf4_double_quant = dq;
-  return o;
-}
-
-// Odd widths: hidden 59, ffn 333 (gate/up/down numel 19647, odd, 307 blocks of 64), q 30, kv 10.
-LlamaConfig odd_config() {
-  LlamaConfig c = LlamaConfig::preset("tiny");
-  c.vocab_size = 37;
-  c.hidden_size = 59;
-  c.intermediate_size = 333;
-  c.num_attention_heads = 3;
-  c.num_key_value_heads = 1;
-  c.head_dim = 10;
-  c.rope.head_dim = 10;
-  c.validate("odd test config");
-  return c;
 }
 
 // Gathers this rank's shards of every unit and compares them with pack_unit_frozen of
@@ -148,11 +129,11 @@ TEST(MpiShardLoad, TinyPresetMatchesWholeModelLoader) {
 
 TEST(MpiShardLoad, OddShapesShardedFilesMatchWholeModelLoader) {
   // several safetensors files (30 KB each) + index; odd numel, partial blocks
-  const std::string dir = make_model("odd", odd_config(), 30000);
+  const std::string dir = make_model("odd", shard_load_odd_config(false), 30000);
   for (const ModelOptions& opt : {nf4_opts(64, true), nf4_opts(64, false), nf4_opts(4096, true),
                                   nf4_opts(4096, false), ModelOptions{}}) {
     std::string err;
-    const int64_t bad = check_load(dir, odd_config(), opt, &err);
+    const int64_t bad = check_load(dir, shard_load_odd_config(false), opt, &err);
     EXPECT_ALL_RANKS(bad == 0, "bs " << opt.nf4_blocksize << " dq " << opt.nf4_double_quant << " quant "
                                      << (int)opt.quant << ": " << bad << " bytes differ; " << err);
   }
@@ -162,10 +143,8 @@ TEST(MpiShardLoad, OddShapesShardedFilesMatchWholeModelLoader) {
 TEST(MpiShardLoad, MissingTensorFailsOnEveryRank) {
   // written tied (no lm_head.weight), read with an untied layout: every rank throws before any
   // collective, naming the tensor and the model
-  LlamaConfig tied = odd_config();
-  tied.tie_word_embeddings = true;
-  const std::string dir = make_model("missing", tied, 5'000'000'000ull);
-  const ModelLayout L = make_model_layout(odd_config(), nf4_opts(64, true), nullptr, test::world().world());
+  const std::string dir = make_model("missing", shard_load_odd_config(true), 5'000'000'000ull);
+  const ModelLayout L = make_model_layout(shard_load_odd_config(false), nf4_opts(64, true), nullptr, test::world().world());
   std::string msg;
   try {
     load_frozen_shards(dir, L, test::world());

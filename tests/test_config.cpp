@@ -327,6 +327,8 @@ TEST(Config, NumParametersSpec8) {
   LlamaConfig l2 = c70;  // Llama-2-70B: same widths, vocab 32000
   l2.vocab_size = 32000;
   EXPECT_EQ(l2.num_parameters(), 68976648192LL);
+  EXPECT_EQ(LlamaConfig::preset("llama3.1-8b").num_parameters(), 8030261248LL);
+  EXPECT_EQ(LlamaConfig::preset("llama3.1-70b").num_parameters(), 70553706496LL);
   // and num_parameters agrees with the tensor list init writes
   for (const std::string& n : config_preset_names()) {
     LlamaConfig c = LlamaConfig::preset(n);

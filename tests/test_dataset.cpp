@@ -23,7 +23,6 @@ namespace fs = std::filesystem;
 namespace {
 
 test_util::ScratchDir scratch("dataset");  // removed when the binary exits
-fs::path test_dir() { return scratch.dir(); }
 std::string tmp_path(const std::string& name) { return scratch.path(name); }
 using test_util::expect_error;
 

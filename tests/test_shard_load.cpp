@@ -16,9 +16,12 @@
 #include "sharding/shard_load.h"
 #include "src/init.h"
 #include "src/safetensors.h"
+#include "tests/shard_load_util.h"
 #include "tests/test_util.h"
 
 using namespace frugal;
+using test_util::nf4_opts;
+using test_util::shard_load_odd_config;
 
 namespace {
 
@@ -96,14 +99,6 @@ size_t compare_with_reference(const std::string& dir, const ModelLayout& L,
   return bad;
 }
 
-ModelOptions nf4_opts(int bs, bool dq) {
-  ModelOptions o;
-  o.quant = QuantMode::NF4;
-  o.nf4_blocksize = bs;
-  o.nf4_double_quant = dq;
-  return o;
-}
-
 const std::string& tiny_dir() {
   static const std::string dir = [] {
     const std::string d = scratch().path("tiny");
@@ -113,25 +108,6 @@ const std::string& tiny_dir() {
   return dir;
 }
 
-// Odd widths (hidden 59, ffn 333, q 30, kv 10, vocab 37): odd numel (gate/up/down 19647 = 307
-// blocks of 64, > 256 so the nested absmax has 2 blocks), partial last blocks; source dtypes
-// mixed (F32, BF16, F16); rows of very different magnitude (block absmax spread), one all-zero
-// row range; several safetensors files with an index.
-LlamaConfig odd_config(bool tied) {
-  LlamaConfig c = LlamaConfig::preset("tiny");
-  c.vocab_size = 37;
-  c.hidden_size = 59;
-  c.intermediate_size = 333;
-  c.num_attention_heads = 3;
-  c.num_key_value_heads = 1;
-  c.head_dim = 10;
-  c.rope.head_dim = 10;
-  c.num_hidden_layers = 2;
-  c.tie_word_embeddings = tied;
-  c.validate("odd test config");
-  return c;
-}
-
 uint16_t f16_bits(float f) {
   _Float16 h = (_Float16)f;
   uint16_t b;
@@ -139,8 +115,11 @@ uint16_t f16_bits(float f) {
   return b;
 }
 
+// A model of shard_load_odd_config's odd shapes (tests/shard_load_util.h): source dtypes mixed
+// (F32, BF16, F16); rows of very different magnitude (block absmax spread), one all-zero row
+// range; several safetensors files with an index.
 std::string write_odd_model(const std::string& name, bool tied) {
-  const LlamaConfig cfg = odd_config(tied);
+  const LlamaConfig cfg = shard_load_odd_config(tied);
   const std::string dir = scratch().path(name);
   std::vector<std::vector<uint8_t>> keep;
   SafetensorsWriter w;
@@ -218,7 +197,7 @@ TEST(ShardLoad, OddShapesMixedDtypesShardedFilesMatchWholeModelLoader) {
   for (const Case& c : all_cases()) {
     for (int W : {1, 2, 3, 4}) {
       SCOPED_TRACE(std::string(c.what) + " W " + std::to_string(W));
-      const ModelLayout L = make_model_layout(odd_config(false), c.opt, nullptr, W);
+      const ModelLayout L = make_model_layout(shard_load_odd_config(false), c.opt, nullptr, W);
       // a tiny scratch (37 elements -> one NF4 block per slice) exercises the slicing
       const auto shards = load_simulated(odd_dir(), L, 37);
       EXPECT_EQ(compare_with_reference(odd_dir(), L, shards), 0u);
@@ -229,7 +208,7 @@ TEST(ShardLoad, OddShapesMixedDtypesShardedFilesMatchWholeModelLoader) {
 TEST(ShardLoad, TiedEmbeddingsHaveNoLmHeadEntry) {
   const std::string dir = write_odd_model("odd_tied", true);
   for (int W : {1, 3}) {
-    const ModelLayout L = make_model_layout(odd_config(true), nf4_opts(64, true), nullptr, W);
+    const ModelLayout L = make_model_layout(shard_load_odd_config(true), nf4_opts(64, true), nullptr, W);
     EXPECT_EQ(L.units.back().find("lm_head.weight", FrozenPart::BF16), nullptr);
     const auto shards = load_simulated(dir, L, 1000);
     EXPECT_EQ(compare_with_reference(dir, L, shards), 0u);
@@ -314,7 +293,7 @@ TEST(ShardLoad, PerTensorPiecesMatchNf4Quantize) {
 }
 
 TEST(ShardLoad, MissingTensorAndWrongShapeNameTensorAndFile) {
-  const LlamaConfig cfg = odd_config(false);
+  const LlamaConfig cfg = shard_load_odd_config(false);
   // wrong shape: load the odd model with a layout whose ffn is 331 wide
   LlamaConfig wrong = cfg;
   wrong.intermediate_size = 331;

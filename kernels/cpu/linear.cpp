@@ -57,6 +57,33 @@ int linear_nf4_tile_rows(int64_t in) {
   return (int)r;
 }
 
+Nf4ForwardTiles linear_nf4_forward_tiles(int64_t out64, int64_t in, int nthr) {
+  const int out = (int)out64;
+  int tr = linear_nf4_tile_rows(in);
+  // keep at least two tiles per thread so the dynamic schedule can balance
+  const int balance = std::max(16, (out + 2 * nthr - 1) / (2 * nthr) / 16 * 16);
+  tr = std::min(tr, balance);
+  // a tile count that is a multiple of the thread count (equal tiles: no thread idles at the end)
+  int ntiles = (out + tr - 1) / tr;
+  ntiles = (ntiles + nthr - 1) / nthr * nthr;
+  tr = std::max(16, ((out + ntiles - 1) / ntiles + 15) / 16 * 16);
+  return {tr, (out + tr - 1) / tr};
+}
+
+Nf4BackwardTiles linear_nf4_backward_tiles(int64_t in64, int nthr) {
+  const int in = (int)in64;
+  int ti = (in + 2 * nthr - 1) / (2 * nthr);
+  ti = std::min(in, std::max(256, (ti + 63) / 64 * 64));
+  const int tr = std::clamp(((1 << 20) / ti) / 16 * 16, 16, 1024);
+  return {tr, ti, (in + ti - 1) / ti};
+}
+
+size_t linear_nf4_scratch_elems(int64_t out, int64_t in, int nthr) {
+  const Nf4ForwardTiles f = linear_nf4_forward_tiles(out, in, nthr);
+  const Nf4BackwardTiles b = linear_nf4_backward_tiles(in, nthr);
+  return std::max((size_t)f.rows * (size_t)in, (size_t)std::min<int64_t>(b.rows, out) * (size_t)b.cols);
+}
+
 namespace {
 
 void check_weight(const FrozenWeight& W, const char* who) {
@@ -93,16 +120,8 @@ void linear_forward(float* y, const bf16* x, const FrozenWeight& W, int M, float
     gemm_bf16(false, true, M, out, in, 1.f, x, in, W.w.data(), in, beta, y, out);
     return;
   }
-  const int nthr = omp_get_max_threads();
-  int tr = linear_nf4_tile_rows(in);
-  // keep at least two tiles per thread so the dynamic schedule can balance
-  const int balance = std::max(16, (out + 2 * nthr - 1) / (2 * nthr) / 16 * 16);
-  tr = std::min(tr, balance);
-  // a tile count that is a multiple of the thread count (equal tiles: no thread idles at the end)
-  int ntiles = (out + tr - 1) / tr;
-  ntiles = (ntiles + nthr - 1) / nthr * nthr;
-  tr = std::max(16, ((out + ntiles - 1) / ntiles + 15) / 16 * 16);
-  ntiles = (out + tr - 1) / tr;
+  const Nf4ForwardTiles tiles = linear_nf4_forward_tiles(out, in, omp_get_max_threads());
+  const int tr = tiles.rows, ntiles = tiles.count;
   // the first error in a worker is rethrown after the parallel region
   std::string err;
 #pragma omp parallel
@@ -137,11 +156,8 @@ void linear_backward_input(float* dx, const bf16* dy, const FrozenWeight& W, int
   // Tasks are column slabs dx[:, i0:i0+ti] (one writer each, no reduction). A task walks the rows
   // of W in tiles of tr rows: dequantize W[o0:o0+tr, i0:i0+ti] row segment by row segment into
   // its scratch, then dx_slab (+)= dy[:, o0:o0+tr] · tile (K = tr, single-threaded oneDNN).
-  const int nthr = omp_get_max_threads();
-  int ti = (in + 2 * nthr - 1) / (2 * nthr);
-  ti = std::min(in, std::max(256, (ti + 63) / 64 * 64));
-  const int tr = std::clamp(((1 << 20) / ti) / 16 * 16, 16, 1024);
-  const int nslabs = (in + ti - 1) / ti;
+  const Nf4BackwardTiles tiles = linear_nf4_backward_tiles(in, omp_get_max_threads());
+  const int tr = tiles.rows, ti = tiles.cols, nslabs = tiles.slabs;
   std::string err;
 #pragma omp parallel
   {

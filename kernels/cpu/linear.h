@@ -31,4 +31,17 @@ void linear_backward_weight(float* dW, const bf16* dy, const bf16* x, int M, int
 // Rows of W dequantized per NF4 tile (bounded scratch: tile_rows·in bf16).
 int linear_nf4_tile_rows(int64_t in);
 
+// How linear_forward / linear_backward_input tile an NF4 W [out, in] over nthr threads. Exposed
+// so the memory planner (src/plan.cpp) sizes the dequant scratch with the kernels' own numbers.
+struct Nf4ForwardTiles {   // forward: `count` tiles of `rows` rows of W, scratch [rows, in] bf16
+  int rows = 0, count = 0;
+};
+struct Nf4BackwardTiles {  // backward_input: `slabs` column slabs of `cols`, walked `rows` rows
+  int rows = 0, cols = 0, slabs = 0;  // at a time, scratch [min(rows, out), cols] bf16
+};
+Nf4ForwardTiles linear_nf4_forward_tiles(int64_t out, int64_t in, int nthr);
+Nf4BackwardTiles linear_nf4_backward_tiles(int64_t in, int nthr);
+// bf16 elements of one thread's dequant scratch: the larger tile of forward and backward_input.
+size_t linear_nf4_scratch_elems(int64_t out, int64_t in, int nthr);
+
 }  // namespace frugal
