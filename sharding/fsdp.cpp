@@ -1,6 +1,8 @@
 // fsdp.cpp: just-in-time all-gather / reduce-scatter of FSDP units (see fsdp.h).
 #include "sharding/fsdp.h"
 
+#include "src/optim.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -187,38 +189,15 @@ void Fsdp::init_lora(uint64_t seed) {
   }
 }
 
-void Fsdp::zero_grad() {
-  for (auto& g : g_) std::fill(g.begin(), g.end(), 0.f);
-}
-
 double Fsdp::global_grad_norm() {
-  // fixed-order fp64 sum per rank, then the all-reduce (sums of W doubles: order-independent
-  // enough for a norm; the reference is torch's clip_grad_norm_, itself not bitwise)
-  double s = 0.0;
-  for (const auto& g : g_)
-    for (float x : g) s += (double)x * (double)x;
-  s = comm_.all_reduce_value(s, CommOp::Sum);
-  return std::sqrt(s);
+  // each rank's fp64 sum of squares (optim's fixed-order chunks), summed over the ranks
+  return std::sqrt(comm_.all_reduce_value(grad_sq_sum(params_), CommOp::Sum));
 }
 
 void Fsdp::gather_trainable(int u, float* out) {
   const UnitLayout& ul = L_.units[u];
   if (!ul.train_padded) return;
   comm_.all_gather(std::span<const float>(w_[u].data(), ul.train_shard), std::span<float>(out, ul.train_padded));
-}
-
-size_t Fsdp::resident_shard_bytes() const {
-  size_t b = 0;
-  for (const auto& f : frozen_) b += f.size();
-  for (size_t u = 0; u < w_.size(); u++) b += (w_[u].size() + g_[u].size()) * sizeof(float);
-  return b;
-}
-
-size_t Fsdp::gathered_bytes_now() const {
-  size_t b = 0;
-  for (const auto& s : slots_)
-    if (s) b += s->frozen.size() + s->train.size() * sizeof(float);
-  return b;
 }
 
 // ---- gather / bind ---------------------------------------------------------------------------------
@@ -240,7 +219,6 @@ void Fsdp::start_gather(int u) {
     stats_.gathers++;
   }
   slots_[u] = std::move(s);
-  gathered_peak_ = std::max(gathered_peak_, gathered_bytes_now());
 }
 
 void Fsdp::wait_gather(int u) {
@@ -259,7 +237,6 @@ void Fsdp::bind(int u, bool with_grads) {
   Slot& s = *slots_[u];
   const UnitLayout& ul = L_.units[u];
   uint8_t* base = s.frozen.data();
-  const int nl = L_.cfg.num_hidden_layers;
   for (const FrozenEntry& e : ul.frozen) {
     uint8_t* p = base + e.offset;
     if (u == L_.embed_unit()) {
@@ -276,7 +253,7 @@ void Fsdp::bind(int u, bool with_grads) {
         continue;
       }
       LinearSite* site = nullptr;
-      for (LinearSite* c : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down})
+      for (LinearSite* c : blk.sites())
         if (c->name == e.tensor) site = c;
       FRUGAL_CHECK(site != nullptr, "FSDP: unit ", ul.name, " names ", e.tensor, ", which the model does not have");
       quant::NF4Tensor& q = site->W.q;
@@ -291,7 +268,6 @@ void Fsdp::bind(int u, bool with_grads) {
       }
     }
   }
-  (void)nl;
   if (ul.train_padded) {
     float* gbase = nullptr;
     if (with_grads) {
@@ -317,7 +293,6 @@ void Fsdp::bind(int u, bool with_grads) {
 void Fsdp::unbind(int u) {
   Slot& s = *slots_[u];
   if (!s.bound) return;
-  const UnitLayout& ul = L_.units[u];
   if (u == L_.embed_unit()) {
     m_.embed.reset();
   } else if (u == L_.head_unit()) {
@@ -326,13 +301,12 @@ void Fsdp::unbind(int u) {
   } else {
     LlamaBlock& blk = m_.blocks[u - 1];
     blk.ln1.w.reset(), blk.ln2.w.reset();
-    for (LinearSite* c : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down}) {
+    for (LinearSite* c : blk.sites()) {
       c->W.w.reset();
       c->W.q.packed.reset(), c->W.q.absmax.reset(), c->W.q.absmax_q.reset(), c->W.q.nested_absmax.reset();
       if (c->lora) c->lora->A.reset(), c->lora->B.reset(), c->lora->dA.reset(), c->lora->dB.reset();
     }
   }
-  (void)ul;
   s.bound = false;
 }
 
@@ -370,7 +344,6 @@ bool Fsdp::needed_soon(int u) const {
 
 void Fsdp::begin_pass(bool backward) {
   sched_ = fsdp_schedule(L_, backward);
-  fwd_steps_ = (size_t)L_.cfg.num_hidden_layers + 2;
   backward_pass_ = backward;
   pos_ = 0;
   // units left gathered by a previous pass that this one does not start with
@@ -384,7 +357,7 @@ void Fsdp::begin_pass(bool backward) {
 void Fsdp::acquire(int unit) {
   FRUGAL_CHECK(pos_ < sched_.size() && sched_[pos_][0] == unit, "FSDP: the model acquired unit ", unit,
                " where the schedule expects ", pos_ < sched_.size() ? std::to_string(sched_[pos_][0]) : "the end");
-  const bool in_backward = backward_pass_ && pos_ >= fwd_steps_;
+  const bool in_backward = this->in_backward();
   for (int u : sched_[pos_]) start_gather(u);
   // prefetch the next steps while this one computes
   for (size_t q = pos_ + 1; q < sched_.size() && q <= pos_ + (size_t)opt_.prefetch; q++)
@@ -402,7 +375,7 @@ void Fsdp::acquire(int unit) {
 
 void Fsdp::release(int unit) {
   FRUGAL_CHECK(pos_ < sched_.size() && sched_[pos_][0] == unit, "FSDP: the model released unit ", unit, " out of order");
-  const bool in_backward = backward_pass_ && pos_ >= fwd_steps_;
+  const bool in_backward = this->in_backward();
   const FsdpStep step = sched_[pos_];
   pos_++;
   for (int u : step) {

@@ -80,22 +80,16 @@ class Fsdp : public UnitHooks {
   void init_lora(uint64_t seed);
   // One ParamRef per unit with trainables: name "fsdp/<unit name>", w/g = this rank's shard.
   std::vector<ParamRef>& shard_params() { return params_; }
-  void zero_grad();
-  // Σ over ranks of the squared grad shard norms, fp64 (every rank gets the same value).
+  // The global L2 norm of the LoRA grads: sqrt of the Σ over ranks of each shard's fp64 sum of
+  // squares (every rank gets the same value).
   double global_grad_norm();
   // Gathers the full trainable buffer of unit u (LoRA A/B of every site) into out (train_padded
   // floats) — for tests; a rank never needs it in training.
   void gather_trainable(int u, float* out);
 
   const ModelLayout& layout() const { return L_; }
-  Communicator& comm() { return comm_; }
   FsdpStats& stats() { return stats_; }
-  int prefetch() const { return opt_.prefetch; }
   void set_prefetch(int p) { opt_.prefetch = p; }
-  // bytes this rank holds right now in shards and in gathered buffers
-  size_t resident_shard_bytes() const;
-  size_t gathered_bytes_now() const;
-  size_t gathered_bytes_peak() const { return gathered_peak_; }
 
   // ---- UnitHooks ----
   void begin_pass(bool backward) override;
@@ -118,9 +112,7 @@ class Fsdp : public UnitHooks {
   std::vector<FsdpStep> sched_;
   size_t pos_ = 0;                           // next schedule step
   bool backward_pass_ = false;
-  size_t fwd_steps_ = 0;                     // schedule steps before backward starts
   FsdpStats stats_;
-  size_t gathered_peak_ = 0;
 
   void start_gather(int u);
   void wait_gather(int u);
@@ -129,6 +121,8 @@ class Fsdp : public UnitHooks {
   void finish_reduce_scatter(int u);
   void free_unit(int u);
   bool needed_soon(int u) const;             // used within the prefetch window after pos_
+  // the current step is in the backward half of a training pass (after embed, L blocks, head)
+  bool in_backward() const { return backward_pass_ && pos_ >= (size_t)L_.cfg.num_hidden_layers + 2; }
 };
 
 }  // namespace frugal

@@ -95,8 +95,7 @@ ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, c
     m.lora = *lora;
     m.lora.target_modules = LoraConfig::expand_targets(lora->target_modules);
   }
-  const int64_t V = cfg.vocab_size, C = cfg.hidden_size, Q = cfg.q_dim(), KV = cfg.kv_dim();
-  const int64_t F = cfg.intermediate_size;
+  const int64_t V = cfg.vocab_size, C = cfg.hidden_size;
   const int L = cfg.num_hidden_layers;
 
   auto bf16_bytes = [](int64_t n) { return (size_t)n * 2; };
@@ -116,14 +115,11 @@ ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, c
     const std::string p = "model.layers." + std::to_string(l) + ".";
     b.add(p + "input_layernorm.weight", FrozenPart::F32, {C}, (size_t)C * 4);
     b.add(p + "post_attention_layernorm.weight", FrozenPart::F32, {C}, (size_t)C * 4);
-    const std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> lin = {
-        {p + "self_attn.q_proj.weight", {Q, C}},  {p + "self_attn.k_proj.weight", {KV, C}},
-        {p + "self_attn.v_proj.weight", {KV, C}}, {p + "self_attn.o_proj.weight", {C, Q}},
-        {p + "mlp.gate_proj.weight", {F, C}},     {p + "mlp.up_proj.weight", {F, C}},
-        {p + "mlp.down_proj.weight", {C, F}}};
-    for (const auto& [name, oi] : lin) {
-      const int64_t n = oi.first * oi.second;
-      const std::vector<int64_t> shape = {oi.first, oi.second};
+    const auto lin = llama_block_linears(cfg, l);
+    for (const LinearShape& ls : lin) {
+      const std::string& name = ls.name;
+      const int64_t n = ls.out * ls.in;
+      const std::vector<int64_t> shape = {ls.out, ls.in};
       if (opt.quant == QuantMode::NF4) {
         const int64_t nb = (n + opt.nf4_blocksize - 1) / opt.nf4_blocksize;
         b.add(name, FrozenPart::NF4Codes, shape, (size_t)(n + 1) / 2);
@@ -144,9 +140,8 @@ ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, c
         if (std::find(m.lora.target_modules.begin(), m.lora.target_modules.end(), sites[si]) ==
             m.lora.target_modules.end())
           continue;
-        const auto& [name, oi] = lin[si];
-        b.add_train(name, 'A', {r, oi.second});
-        b.add_train(name, 'B', {oi.first, r});
+        b.add_train(lin[si].name, 'A', {r, lin[si].in});
+        b.add_train(lin[si].name, 'B', {lin[si].out, r});
       }
     }
     b.finish(world);

@@ -24,6 +24,8 @@
 // W = 1 runs unsharded (no communication): the compute-only reference.
 #include "src/bench_shard.h"
 
+#include "src/bench_train.h"
+
 #include <omp.h>
 #include <unistd.h>
 
@@ -143,21 +145,10 @@ void run_bench_shard(const BenchShardOptions& o) {
   if (B < W) fail("bench shard: --micro-batch ", B, " is the global batch; it must be >= the ", W, " ranks");
   BenchDir dir(o.dir, *comm, o.keep);
 
-  Recipe r;
+  Recipe r = bench_recipe(o.preset, o.quant, o.rank, o.seq_len, B, 2 * (o.steps + 1),
+                          (fs::path(dir.path) / ("model-" + o.preset)).string(),
+                          (fs::path(dir.path) / ("run-" + o.preset + "-w" + std::to_string(W))).string());
   r.path = "bench shard";
-  r.model_preset = o.preset;
-  r.model_path = (fs::path(dir.path) / ("model-" + o.preset)).string();
-  r.quant_type = o.quant;
-  r.lora.rank = o.rank;
-  r.lora.alpha = 2.f * o.rank;
-  r.lora.target_modules = {"all-linear"};
-  r.data_synthetic = "patterns";
-  r.seq_len = o.seq_len;
-  r.micro_batch = B;
-  r.grad_accum = 1;
-  r.steps = 2 * (o.steps + 1);
-  r.lr_schedule = "constant";
-  r.output_dir = (fs::path(dir.path) / ("run-" + o.preset + "-w" + std::to_string(W))).string();
   r.fsdp_prefetch = o.prefetch;
   if (root && !o.json)
     std::fprintf(stderr, "bench shard: preset %s, %d ranks, model in %s\n", o.preset.c_str(), W, r.model_path.c_str());

@@ -48,26 +48,38 @@ struct TempDir {
   }
 };
 
+}  // namespace
+
+Recipe bench_recipe(const std::string& preset, const std::string& quant, int rank, int seq_len,
+                    int micro_batch, int steps, const std::string& model_path, const std::string& output_dir) {
+  Recipe r;
+  r.path = "bench";
+  r.model_preset = preset;
+  r.model_path = model_path;
+  r.quant_type = quant;
+  r.lora.rank = rank;
+  r.lora.alpha = 2.f * rank;
+  r.lora.target_modules = {"all-linear"};
+  r.data_synthetic = "patterns";
+  r.seq_len = seq_len;
+  r.micro_batch = micro_batch;
+  r.grad_accum = 1;
+  r.steps = steps;
+  r.lr_schedule = "constant";
+  r.output_dir = output_dir;
+  return r;
+}
+
+namespace {
+
 void run_bench_train(const BenchTrainOptions& o) {
   if (o.steps < 1) fail("bench train: --steps must be >= 1, got ", o.steps);
   TempDir tmp;
   tmp.keep = o.keep;
-  Recipe r;
+  Recipe r = bench_recipe(o.preset, o.quant, o.rank, o.seq_len, o.micro_batch, o.steps,
+                          (fs::path(tmp.path) / "model").string(), (fs::path(tmp.path) / "run").string());
   r.path = "bench train";
-  r.model_preset = o.preset;
-  r.model_path = (fs::path(tmp.path) / "model").string();
-  r.quant_type = o.quant;
-  r.lora.rank = o.rank;
-  r.lora.alpha = 2.f * o.rank;
-  r.lora.target_modules = {"all-linear"};
-  r.data_synthetic = "patterns";
-  r.seq_len = o.seq_len;
-  r.micro_batch = o.micro_batch;
-  r.grad_accum = 1;
-  r.steps = o.steps;
-  r.lr_schedule = "constant";
   r.activation_checkpointing = o.checkpointing;
-  r.output_dir = (fs::path(tmp.path) / "run").string();
   if (!o.json) std::fprintf(stderr, "bench train: initializing preset %s in %s\n", o.preset.c_str(), tmp.path.c_str());
   const auto tl = std::chrono::steady_clock::now();
   Trainer t(r);

@@ -346,6 +346,18 @@ json LlamaConfig::to_json() const {
   return j;
 }
 
+std::array<LinearShape, 7> llama_block_linears(const LlamaConfig& c, int layer) {
+  const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  return {{{p + "self_attn.q_proj.weight", Q, C},
+           {p + "self_attn.k_proj.weight", KV, C},
+           {p + "self_attn.v_proj.weight", KV, C},
+           {p + "self_attn.o_proj.weight", C, Q},
+           {p + "mlp.gate_proj.weight", F, C},
+           {p + "mlp.up_proj.weight", F, C},
+           {p + "mlp.down_proj.weight", C, F}}};
+}
+
 LlamaConfig LlamaConfig::preset(const std::string& name) {
   LlamaConfig c;
   c.rms_norm_eps = 1e-5f;

@@ -2,6 +2,7 @@
 // parsed with the upstream defaults, validated, written back as transformers writes it, and the
 // named presets used by `frugal init`.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -34,5 +35,14 @@ struct LlamaConfig {                      // HF config.json of LlamaForCausalLM 
 
 // Names of the presets accepted by LlamaConfig::preset.
 std::vector<std::string> config_preset_names();
+
+// The 7 decoder linears of layer `layer`, in site order q,k,v,o,gate,up,down (= lora_site_names()):
+// HF weight name ("model.layers.3.self_attn.q_proj.weight") and shape [out, in]. The one table of
+// names and shapes the model skeleton, the FSDP layout and the planner share.
+struct LinearShape {
+  std::string name;
+  int64_t out = 0, in = 0;
+};
+std::array<LinearShape, 7> llama_block_linears(const LlamaConfig& c, int layer);
 
 }  // namespace frugal

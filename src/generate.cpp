@@ -86,7 +86,7 @@ Generator::Generator(LlamaModel& m, int max_seq) : m_(m), max_seq_(max_seq) {
   logits_.resize(c.vocab_size);
   // No LoRA dropout at inference (a model used for training before may still be in train mode).
   for (auto& blk : m.blocks)
-    for (LinearSite* s : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down})
+    for (LinearSite* s : blk.sites())
       if (s->lora) s->lora->training = false;
 }
 

@@ -299,7 +299,7 @@ void LlamaModel::logits(const Batch& b, float* out) {
 
 LinearSite* LlamaModel::find_linear(const std::string& n) {
   for (auto& blk : blocks)
-    for (LinearSite* s : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down})
+    for (LinearSite* s : blk.sites())
       if (s->name == n) return s;
   return nullptr;
 }
@@ -346,9 +346,9 @@ const avector<float>& LlamaModel::grad(const std::string& n) const {
 void LlamaModel::zero_grad() {
   auto z = [](auto& g) { std::fill(g.begin(), g.end(), 0.f); };
   for (auto& blk : blocks) {
-    for (LinearSite* s : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down}) z(s->grad);
+    for (LinearSite* s : blk.sites()) z(s->grad);
     z(blk.ln1.grad), z(blk.ln2.grad);
-    for (LinearSite* s : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down})
+    for (LinearSite* s : blk.sites())
       if (s->lora) z(s->lora->dA), z(s->lora->dB);
   }
   z(norm.grad), z(embed_grad), z(lm_head_grad);
@@ -360,7 +360,7 @@ MemoryReport LlamaModel::memory_report() const {
   MemoryReport r;
   auto fb = [](const auto& v) { return v.size() * sizeof(v[0]); };
   for (const auto& blk : blocks) {
-    for (const LinearSite* s : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down}) {
+    for (const LinearSite* s : blk.sites()) {
       r.frozen_linear_bytes += s->W.bytes();
       r.frozen_linear_params += (size_t)s->W.out * s->W.in;
       r.grad_bytes += fb(s->grad);
@@ -399,12 +399,6 @@ std::string MemoryReport::str() const {
 
 // ---- LoRA ------------------------------------------------------------------------------------------
 
-namespace {
-template <class Blk>
-auto sites_of(Blk& blk) {  // site order q,k,v,o,gate,up,down (= lora_site_names())
-  return std::array{&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down};
-}
-}  // namespace
 
 void LlamaModel::add_lora_skeleton(const LoraConfig& cfg) {
   add_lora(cfg, 0, /*allocate=*/false);
@@ -420,7 +414,7 @@ void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed, bool allocate) {
   c.target_modules = LoraConfig::expand_targets(cfg.target_modules);
   const auto& names = lora_site_names();
   for (size_t l = 0; l < blocks.size(); l++) {
-    auto sites = sites_of(blocks[l]);
+    auto sites = blocks[l].sites();
     for (size_t si = 0; si < sites.size(); si++) {
       if (std::find(c.target_modules.begin(), c.target_modules.end(), names[si]) == c.target_modules.end())
         continue;
@@ -445,7 +439,7 @@ std::vector<ParamRef> LlamaModel::trainable_params() {
     ps.push_back(ParamRef{name, std::move(shape), w.data(), g.data(), w.size()});
   };
   for (auto& blk : blocks)
-    for (LinearSite* s : sites_of(blk)) {
+    for (LinearSite* s : blk.sites()) {
       if (s->trainable) bf16_trainable += " " + s->name;
       if (!s->lora) continue;
       LoraAdapter& a = *s->lora;
@@ -466,7 +460,7 @@ std::vector<ParamRef> LlamaModel::trainable_params() {
 
 void LlamaModel::sync_lora() {
   for (auto& blk : blocks)
-    for (LinearSite* s : sites_of(blk))
+    for (LinearSite* s : blk.sites())
       if (s->lora) s->lora->sync_compute_copies();
 }
 
@@ -480,7 +474,7 @@ void LlamaModel::set_dropout_rng(uint64_t seed, uint64_t step, uint64_t row0) {
 void LlamaModel::set_lora_mode(bool training) {
   if (!lora_cfg_) return;
   for (auto& blk : blocks)
-    for (LinearSite* s : sites_of(blk))
+    for (LinearSite* s : blk.sites())
       if (s->lora) {
         s->lora->training = training;
         s->lora->mask_key = lora_mask_key(drop_seed_, drop_step_, drop_micro_, s->lora->layer, s->lora->site);

@@ -26,6 +26,7 @@
 // cost 4·r·7 bytes per token per block, e.g. 448 B at r = 16); with checkpointing the block's
 // recomputed forward rewrites u before its backward. Dropout is on in forward_backward only.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -84,6 +85,9 @@ struct NormParam {
 struct LlamaBlock {
   NormParam ln1, ln2;      // input_layernorm, post_attention_layernorm
   LinearSite q, k, v, o, gate, up, down;
+  // the 7 linears in site order q,k,v,o,gate,up,down (= lora_site_names())
+  std::array<LinearSite*, 7> sites() { return {&q, &k, &v, &o, &gate, &up, &down}; }
+  std::array<const LinearSite*, 7> sites() const { return {&q, &k, &v, &o, &gate, &up, &down}; }
 };
 
 struct MemoryReport {

@@ -70,7 +70,6 @@ LlamaModel LlamaModel::load(const std::string& dir, const ModelOptions& opt) {
 LlamaModel LlamaModel::skeleton(const LlamaConfig& cfg, const ModelOptions& opt) {
   FRUGAL_CHECK(opt.nf4_blocksize > 0, "nf4 blocksize ", opt.nf4_blocksize);
   LlamaModel m(cfg, opt);
-  const int64_t C = cfg.hidden_size, Q = cfg.q_dim(), KV = cfg.kv_dim(), F = cfg.intermediate_size;
   m.norm.name = "model.norm.weight";
   auto linear = [&](LinearSite& s, const std::string& name, int64_t out, int64_t in) {
     s.name = name;
@@ -91,13 +90,9 @@ LlamaModel LlamaModel::skeleton(const LlamaConfig& cfg, const ModelOptions& opt)
     const std::string p = "model.layers." + std::to_string(i) + ".";
     b.ln1.name = p + "input_layernorm.weight";
     b.ln2.name = p + "post_attention_layernorm.weight";
-    linear(b.q, p + "self_attn.q_proj.weight", Q, C);
-    linear(b.k, p + "self_attn.k_proj.weight", KV, C);
-    linear(b.v, p + "self_attn.v_proj.weight", KV, C);
-    linear(b.o, p + "self_attn.o_proj.weight", C, Q);
-    linear(b.gate, p + "mlp.gate_proj.weight", F, C);
-    linear(b.up, p + "mlp.up_proj.weight", F, C);
-    linear(b.down, p + "mlp.down_proj.weight", C, F);
+    const auto shapes = llama_block_linears(cfg, i);
+    const auto sites = b.sites();
+    for (size_t si = 0; si < sites.size(); si++) linear(*sites[si], shapes[si].name, shapes[si].out, shapes[si].in);
   }
   return m;
 }

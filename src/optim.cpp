@@ -132,7 +132,7 @@ void AdamW::step(const std::vector<ParamRef>& params, float lr) {
   }
 }
 
-double grad_norm(const std::vector<ParamRef>& params) {
+double grad_sq_sum(const std::vector<ParamRef>& params) {
   const std::vector<Chunk> chunks = make_chunks(params);
   std::vector<double> partial(chunks.size(), 0.0);
 #pragma omp parallel for schedule(static)
@@ -147,12 +147,19 @@ double grad_norm(const std::vector<ParamRef>& params) {
   }
   double total = 0.0;
   for (double s : partial) total += s;  // fixed order: thread-count independent
-  return std::sqrt(total);
+  return total;
 }
+
+double grad_norm(const std::vector<ParamRef>& params) { return std::sqrt(grad_sq_sum(params)); }
 
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
   const double norm = grad_norm(params);
-  if (!(max_norm > 0.0)) return norm;
+  clip_grads(params, max_norm, norm);
+  return norm;
+}
+
+void clip_grads(const std::vector<ParamRef>& params, double max_norm, double norm) {
+  if (!(max_norm > 0.0)) return;
   // torch: total_norm is an fp32 tensor; clip_coef = max_norm / (total_norm + 1e-6) in fp32,
   // clamped to 1 (a NaN/Inf norm propagates into the grads, as in torch with
   // error_if_nonfinite=False; the trainer checks the returned norm).
@@ -166,7 +173,6 @@ double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
       for (size_t i = chunks[c].begin; i < chunks[c].end; ++i) g[i] *= coef;
     }
   }
-  return norm;
 }
 
 void zero_grads(const std::vector<ParamRef>& params) {

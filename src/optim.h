@@ -53,9 +53,12 @@ class AdamW {
 // Global L2 norm of all gradients, accumulated in fp64 over fixed chunks summed in a fixed order
 // (bitwise independent of the thread count).
 double grad_norm(const std::vector<ParamRef>& params);
+double grad_sq_sum(const std::vector<ParamRef>& params);  // grad_norm squared (before the sqrt)
 // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), grads *= coef when coef < 1.
 // Returns the pre-clip norm. max_norm <= 0: no clipping (the norm is still computed).
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm);
+// Its second half: scales the grads for a given norm (a sharded run's global, all-reduced norm).
+void clip_grads(const std::vector<ParamRef>& params, double max_norm, double norm);
 void zero_grads(const std::vector<ParamRef>& params);
 
 // lr(step) = lr · λ(step) for optimizer step `step` (0-based), transformers' LambdaLR semantics:

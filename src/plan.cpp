@@ -31,10 +31,11 @@ struct Site {  // one decoder linear: W [out, in]
   const char* name;
   int64_t in, out;
 };
-std::vector<Site> sites_of(const LlamaConfig& c) {
-  const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
-  return {{"q_proj", C, Q},  {"k_proj", C, KV},    {"v_proj", C, KV},   {"o_proj", Q, C},
-          {"gate_proj", C, F}, {"up_proj", C, F}, {"down_proj", F, C}};
+std::vector<Site> sites_of(const LlamaConfig& c) {  // from the shared table (config.h)
+  const auto lin = llama_block_linears(c, 0);
+  std::vector<Site> s;
+  for (size_t i = 0; i < lin.size(); i++) s.push_back({lora_site_names()[i].c_str(), lin[i].in, lin[i].out});
+  return s;
 }
 bool targeted(const LoraConfig* lora, const char* site) {
   if (!lora) return false;

@@ -315,10 +315,7 @@ StepMetrics Trainer::train_step() {
   if (fsdp_) {
     // torch.nn.utils.clip_grad_norm_ over the shards: the norm is global, the scaling local
     m.grad_norm = fsdp_->global_grad_norm();
-    const float coef = r_.grad_clip / ((float)m.grad_norm + 1e-6f);  // fp32, as clip_grad_norm
-    if (r_.grad_clip > 0 && (coef < 1.f || std::isnan(coef)))
-      for (const ParamRef& p : params_)
-        for (size_t i = 0; i < p.numel; i++) p.g[i] *= coef;
+    clip_grads(params_, r_.grad_clip, m.grad_norm);
   } else {
     m.grad_norm = clip_grad_norm(params_, r_.grad_clip);
   }
