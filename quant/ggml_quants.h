@@ -11,7 +11,7 @@
 #include <cstdint>
 
 #include "src/common.h"
-#include "src/gguf.h"
+#include "src/io/gguf.h"
 
 namespace frugal {
 

@@ -1,7 +1,7 @@
 // fsdp.cpp: just-in-time all-gather / reduce-scatter of FSDP units (see fsdp.h).
 #include "sharding/fsdp.h"
 
-#include "src/optim.h"
+#include "src/model/optim.h"
 
 #include <algorithm>
 #include <chrono>

@@ -32,8 +32,8 @@
 
 #include "sharding/comm.h"
 #include "sharding/layout.h"
-#include "src/model.h"
-#include "src/params.h"
+#include "src/model/model.h"
+#include "src/model/params.h"
 
 namespace frugal {
 

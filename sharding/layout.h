@@ -27,9 +27,9 @@
 #include <utility>
 #include <vector>
 
-#include "src/config.h"
-#include "src/lora.h"
-#include "src/model.h"
+#include "src/model/config.h"
+#include "src/model/lora.h"
+#include "src/model/model.h"
 
 namespace frugal {
 

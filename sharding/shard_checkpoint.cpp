@@ -1,7 +1,7 @@
 // shard_checkpoint.cpp: sharded "frugal-ckpt-v1" checkpoints over parallel HDF5 (see the header).
 //
 // Sections: collective error agreement; hyperslab I/O of one rank's part of a tensor; save; load.
-// The root attributes, the parameter order and the tensor checks are src/checkpoint_attrs.h, the
+// The root attributes, the parameter order and the tensor checks are src/model/checkpoint_attrs.h, the
 // same code the single-process checkpoint uses, so the two formats cannot drift apart.
 //
 // Parallel HDF5 rules followed here: file create/open/close, dataset create/open and attribute
@@ -22,9 +22,9 @@
 #include <set>
 
 #include "sharding/mpi_check.h"
-#include "src/atomic_file.h"
-#include "src/checkpoint_attrs.h"
-#include "src/h5.h"
+#include "src/io/atomic_file.h"
+#include "src/model/checkpoint_attrs.h"
+#include "src/io/h5.h"
 
 namespace frugal {
 

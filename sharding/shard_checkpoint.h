@@ -1,5 +1,5 @@
 // shard_checkpoint.h: sharded training checkpoints over parallel HDF5 (MPI-IO), in the SAME
-// "frugal-ckpt-v1" format as src/checkpoint.h: /params/<PEFT name>, /optim/m/<name>,
+// "frugal-ckpt-v1" format as src/model/checkpoint.h: /params/<PEFT name>, /optim/m/<name>,
 // /optim/v/<name> fp32 with the tensors' real shapes ([r,in] for A, [out,r] for B; the layout's
 // padding is never stored) and the same root attributes (param_order = the layout's trainable
 // entries in unit order = LlamaModel::trainable_params order). A file saved at world W loads at
@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "sharding/layout.h"
-#include "src/checkpoint.h"
+#include "src/model/checkpoint.h"
 
 namespace frugal {
 

@@ -24,8 +24,8 @@
 #include "sharding/comm.h"
 #include "sharding/layout.h"
 #include "src/common.h"
-#include "src/model.h"
-#include "src/safetensors.h"
+#include "src/model/model.h"
+#include "src/io/safetensors.h"
 
 namespace frugal {
 

@@ -24,7 +24,7 @@
 
 #include "sharding/mpi_check.h"
 #include "sharding/shard_checkpoint.h"
-#include "src/h5.h"
+#include "src/io/h5.h"
 #include "tests/mpi_util.h"
 
 using namespace frugal;

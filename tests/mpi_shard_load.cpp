@@ -15,7 +15,7 @@
 #include <string>
 
 #include "sharding/shard_load.h"
-#include "src/init.h"
+#include "src/model/init.h"
 #include "tests/mpi_util.h"
 #include "tests/shard_load_util.h"
 

@@ -12,10 +12,10 @@
 #include <fstream>
 
 #include "sharding/fsdp.h"
-#include "src/export.h"
-#include "src/safetensors.h"
-#include "src/init.h"
-#include "src/trainer.h"
+#include "src/train/export.h"
+#include "src/io/safetensors.h"
+#include "src/model/init.h"
+#include "src/train/trainer.h"
 #include "tests/mpi_util.h"
 
 using namespace frugal;

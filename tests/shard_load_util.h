@@ -1,8 +1,8 @@
 // shard_load_util.h: model settings shared by the sharded-loading tests (test_shard_load.cpp,
 // single process with simulated ranks; mpi_shard_load.cpp, under mpirun). Header only.
 #pragma once
-#include "src/config.h"
-#include "src/model.h"
+#include "src/model/config.h"
+#include "src/model/model.h"
 
 namespace frugal::test_util {
 

@@ -12,10 +12,10 @@
 #include <functional>
 #include <limits>
 
-#include "src/checkpoint.h"
+#include "src/model/checkpoint.h"
 #include "src/common.h"
 #include "tests/test_util.h"
-#include "src/dataset.h"
+#include "src/io/dataset.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;

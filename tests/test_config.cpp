@@ -16,9 +16,9 @@
 #include <map>
 #include <set>
 
-#include "src/config.h"
-#include "src/init.h"
-#include "src/safetensors.h"
+#include "src/model/config.h"
+#include "src/model/init.h"
+#include "src/io/safetensors.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;

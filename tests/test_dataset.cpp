@@ -14,8 +14,8 @@
 
 #include "src/common.h"
 #include "tests/test_util.h"
-#include "src/dataset.h"
-#include "src/h5.h"
+#include "src/io/dataset.h"
+#include "src/io/h5.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;

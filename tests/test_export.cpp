@@ -31,15 +31,16 @@
 
 #include <nlohmann/json.hpp>
 
-#include "src/checkpoint.h"
-#include "src/dataset.h"
-#include "src/export.h"
-#include "src/init.h"
-#include "src/lora.h"
-#include "src/model.h"
-#include "src/optim.h"
-#include "src/peft.h"
-#include "src/safetensors.h"
+#include "src/model/checkpoint.h"
+#include "src/io/dataset.h"
+#include "src/train/export.h"
+#include "src/model/init.h"
+#include "src/model/lora.h"
+#include "src/model/model.h"
+#include "src/train/evaluate.h"
+#include "src/model/optim.h"
+#include "src/model/peft.h"
+#include "src/io/safetensors.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;

@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
-#include "src/generate.h"
-#include "src/model.h"
+#include "src/model/generate.h"
+#include "src/model/model.h"
 
 using namespace frugal;
 

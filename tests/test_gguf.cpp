@@ -25,10 +25,10 @@
 #include <nlohmann/json.hpp>
 
 #include "quant/ggml_quants.h"
-#include "src/gguf.h"
-#include "src/import_gguf.h"
-#include "src/model.h"
-#include "src/safetensors.h"
+#include "src/io/gguf.h"
+#include "src/cli/import_gguf.h"
+#include "src/model/model.h"
+#include "src/io/safetensors.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;

@@ -1,4 +1,4 @@
-// test_lora.cpp: LoRA adapters (src/lora.h) at the linear call sites of LlamaModel.
+// test_lora.cpp: LoRA adapters (src/model/lora.h) at the linear call sites of LlamaModel.
 // Checked against: the base model itself (B = 0 must change nothing, bitwise, bf16 and NF4 bases);
 // the fp64 reference lora_linear_ref and central finite differences of it (one site, with and
 // without dropout), plus a naive fp64 backward on a site large enough to be processed in several
@@ -26,10 +26,10 @@
 #include <vector>
 
 #include "kernels/cpu/gemm_f32.h"
-#include "src/lora.h"
-#include "src/model.h"
-#include "src/optim.h"
-#include "src/safetensors.h"
+#include "src/model/lora.h"
+#include "src/model/model.h"
+#include "src/model/optim.h"
+#include "src/io/safetensors.h"
 
 using namespace frugal;
 

@@ -30,8 +30,9 @@
 #include <string>
 #include <vector>
 
-#include "src/model.h"
-#include "src/safetensors.h"
+#include "src/model/model.h"
+#include "src/train/evaluate.h"
+#include "src/io/safetensors.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;

@@ -10,8 +10,8 @@
 #include <cstring>
 #include <random>
 
-#include "src/optim.h"
-#include "src/safetensors.h"
+#include "src/model/optim.h"
+#include "src/io/safetensors.h"
 
 using namespace frugal;
 

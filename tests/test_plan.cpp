@@ -1,4 +1,4 @@
-// test_plan.cpp: the memory planner (src/plan.h).
+// test_plan.cpp: the memory planner (src/train/plan.h).
 // Checked against:
 //  - LlamaModel::memory_report() after a real forward_backward: the activation bytes the planner
 //    predicts must equal the model's exactly (several odd shapes, checkpointing on and off, with
@@ -19,10 +19,10 @@
 #include <string>
 #include <vector>
 
-#include "src/init.h"
-#include "src/model.h"
-#include "src/plan.h"
-#include "src/recipe.h"
+#include "src/model/init.h"
+#include "src/model/model.h"
+#include "src/train/plan.h"
+#include "src/train/recipe.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

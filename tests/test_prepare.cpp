@@ -22,11 +22,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "src/chat_template.h"
-#include "src/init.h"
-#include "src/model.h"
-#include "src/prepare.h"
-#include "src/tokenizer.h"
+#include "src/text/chat_template.h"
+#include "src/model/init.h"
+#include "src/model/model.h"
+#include "src/train/evaluate.h"
+#include "src/text/prepare.h"
+#include "src/text/tokenizer.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;

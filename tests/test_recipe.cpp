@@ -1,4 +1,4 @@
-// test_recipe.cpp: TOML recipes (src/recipe.h).
+// test_recipe.cpp: TOML recipes (src/train/recipe.h).
 // Checked against: the recipes in recipes/ (globbed at test time, each must load and validate),
 // field values written by hand in these tests (compared field by field, independently of the
 // schema table), and the error contract: unknown/mistyped keys name the key and the file and
@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "src/recipe.h"
+#include "src/train/recipe.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "src/safetensors.h"
+#include "src/io/safetensors.h"
 
 namespace fs = std::filesystem;
 using namespace frugal;

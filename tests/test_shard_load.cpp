@@ -14,8 +14,8 @@
 
 #include "quant/nf4.h"
 #include "sharding/shard_load.h"
-#include "src/init.h"
-#include "src/safetensors.h"
+#include "src/model/init.h"
+#include "src/io/safetensors.h"
 #include "tests/shard_load_util.h"
 #include "tests/test_util.h"
 

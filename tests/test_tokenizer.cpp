@@ -11,9 +11,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "src/cli.h"
+#include "src/cli/cli.h"
 #include "src/common.h"
-#include "src/tokenizer.h"
+#include "src/text/tokenizer.h"
 
 using frugal::Tokenizer;
 using nlohmann::json;

@@ -22,9 +22,9 @@
 #include <string>
 #include <vector>
 
-#include "src/init.h"
-#include "src/recipe.h"
-#include "src/trainer.h"
+#include "src/model/init.h"
+#include "src/train/recipe.h"
+#include "src/train/trainer.h"
 
 using namespace frugal;
 namespace fs = std::filesystem;
@@ -220,7 +220,7 @@ TEST_F(TrainerTest, ActivationCheckpointingIsExact) {
     EXPECT_EQ(0, std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(float))) << "tensor " << i / 2;
 }
 
-// (d) learning on the patterns data (src/dataset.h: per-sample motifs of 3..6 tokens from 64 ids,
+// (d) learning on the patterns data (src/io/dataset.h: per-sample motifs of 3..6 tokens from 64 ids,
 // repeated; the repeats are the targets): 16 samples, 30 steps of 4 rows (~7 passes), lr 1e-2.
 // The untrained model starts near 7 nats (ln 512 = 6.24 plus the spread of random logits);
 // a model that has fitted the data predicts every repeat. Measured: 7.2 -> ~2.3 (last-5 mean).

@@ -32,7 +32,7 @@ void linear_backward_weight(float* dW, const bf16* dy, const bf16* x, int M, int
 int linear_nf4_tile_rows(int64_t in);
 
 // How linear_forward / linear_backward_input tile an NF4 W [out, in] over nthr threads. Exposed
-// so the memory planner (src/plan.cpp) sizes the dequant scratch with the kernels' own numbers.
+// so the memory planner (src/train/plan.cpp) sizes the dequant scratch with the kernels' own numbers.
 struct Nf4ForwardTiles {   // forward: `count` tiles of `rows` rows of W, scratch [rows, in] bf16
   int rows = 0, count = 0;
 };

@@ -1,0 +1,119 @@
+// checkpoint.cpp: HDF5 training checkpoints (see checkpoint.h for the layout).
+#include "src/model/checkpoint.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+#include "src/io/atomic_file.h"
+#include "src/model/checkpoint_attrs.h"
+#include "src/io/h5.h"
+
+namespace frugal {
+
+namespace {
+
+void check_param(const ParamRef& p, const std::string& where) {
+  check_checkpoint_param_name(p.name, where);
+  int64_t n = 1;
+  for (int64_t d : p.shape) n *= d;
+  if (size_t(n) != p.numel)
+    fail(where, ": parameter '", p.name, "': numel ", p.numel, " does not match its shape");
+}
+
+}  // namespace
+
+void write_checkpoint_file(const std::string& file, const TrainState& st, const std::vector<ParamRef>& params, AdamW& opt) {
+  std::vector<std::string> order;
+  std::set<std::string> seen;
+  for (const ParamRef& p : params) {
+    check_param(p, file);
+    if (!seen.insert(p.name).second) fail(file, ": duplicate parameter name '", p.name, "'");
+    order.push_back(p.name);
+  }
+  LoraConfig lora;
+  const bool has_lora = checkpoint_lora(st, file, &lora);
+
+  h5::H5File f = h5::H5File::create(file);
+  avector<float> zeros;
+  for (const ParamRef& p : params) {
+    f.write("/params/" + p.name, p.w, p.shape);
+    // Moments: a param the optimizer has not stepped yet has zero moments (AdamW's initial state).
+    for (int which = 0; which < 2; ++which) {
+      const avector<float>* mom = nullptr;
+      if (opt.has_state(p.name)) mom = which == 0 ? &opt.m(p.name) : &opt.v(p.name);
+      if (mom && !mom->empty() && mom->size() != p.numel)
+        fail(file, ": optimizer state of '", p.name, "' has ", mom->size(), " elements, the parameter ", p.numel);
+      if (!mom || mom->empty()) {
+        zeros.assign(p.numel, 0.f);
+        mom = &zeros;
+      }
+      f.write(std::string(which == 0 ? "/optim/m/" : "/optim/v/") + p.name, mom->data(), p.shape);
+    }
+  }
+  write_checkpoint_attrs(f, st, order, has_lora ? &lora : nullptr);
+  f.close();
+}
+
+void save_checkpoint(const std::string& path, const TrainState& st, const std::vector<ParamRef>& params, AdamW& opt) {
+  namespace fs = std::filesystem;
+  const std::string tmp = path + ".tmp";
+  fs::path parent = fs::path(path).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) fs::create_directories(parent, ec);
+  try {
+    write_checkpoint_file(tmp, st, params, opt);
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+  commit_temp_file(tmp, path);  // fsync, rename, fsync the directory: durable once it returns
+}
+
+TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>& params, AdamW* opt) {
+  h5::H5File f = h5::H5File::open(path);
+  TrainState st = read_checkpoint_state(f);
+  // Validate names, shapes and dtypes of everything before overwriting anything.
+  std::vector<std::string> wanted;
+  for (const ParamRef& p : params) {
+    check_param(p, path);
+    wanted.push_back(p.name);
+  }
+  check_checkpoint_names(path, checkpoint_param_names(f), wanted);
+  for (const ParamRef& p : params) {
+    check_checkpoint_tensor(f, path, "/params/" + p.name, p.shape);
+    if (opt) {
+      check_checkpoint_tensor(f, path, "/optim/m/" + p.name, p.shape);
+      check_checkpoint_tensor(f, path, "/optim/v/" + p.name, p.shape);
+    }
+  }
+  for (const ParamRef& p : params) {
+    f.read_into("/params/" + p.name, p.w, p.shape);
+    if (opt) {
+      avector<float>& m = opt->m(p.name);
+      avector<float>& v = opt->v(p.name);
+      m.resize(p.numel);
+      v.resize(p.numel);
+      f.read_into("/optim/m/" + p.name, m.data(), p.shape);
+      f.read_into("/optim/v/" + p.name, v.data(), p.shape);
+    }
+  }
+  if (opt) opt->set_t(st.adam_t);
+  return st;
+}
+
+CheckpointContents read_checkpoint_params(const std::string& path) {
+  h5::H5File f = h5::H5File::open(path);
+  CheckpointContents c;
+  c.state = read_checkpoint_state(f);
+  for (const std::string& n : checkpoint_param_names(f)) {
+    std::vector<int64_t> shape;
+    std::vector<float> v = f.read<float>("/params/" + n, &shape);
+    c.names.push_back(n);
+    c.shapes.push_back(shape);
+    c.data.emplace_back(v.begin(), v.end());
+  }
+  return c;
+}
+
+}  // namespace frugal

@@ -1,0 +1,490 @@
+// model.cpp: LlamaForCausalLM forward / backward on the CPU (see model.h for the math, the
+// shifted-target convention and what is saved per block). Loading lives in model_load.cpp.
+#include "src/model/model.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/lm_head_ce.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/swiglu.h"
+
+namespace frugal {
+
+// ---- small helpers ---------------------------------------------------------------------------
+
+static void add_inplace(float* y, const float* x, size_t n) {  // y += x
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < (int64_t)n; i++) y[i] += x[i];
+}
+
+template <class T>
+static void ensure(avector<T>& v, size_t n) {
+  if (v.size() != n) {
+    v.clear();
+    v.shrink_to_fit();
+    v.resize(n);
+  }
+}
+
+QuantMode parse_quant_mode(const std::string& s) {
+  if (s == "none") return QuantMode::None;
+  if (s == "nf4") return QuantMode::NF4;
+  fail("unknown quantization '", s, "' (expected none or nf4)");
+}
+
+std::vector<int32_t> shift_labels(const int32_t* labels, int B, int T) {
+  std::vector<int32_t> t((size_t)B * T, kIgnoreIndex);
+  for (int b = 0; b < B; b++)
+    for (int i = 0; i + 1 < T; i++) t[(size_t)b * T + i] = labels[(size_t)b * T + i + 1];
+  return t;
+}
+
+int64_t count_targets(const int32_t* targets, size_t n) {
+  int64_t c = 0;
+  for (size_t i = 0; i < n; i++) c += targets[i] != kIgnoreIndex;
+  return c;
+}
+
+// ---- the linear call site (LoRA attaches here) ----------------------------------------------
+
+void linear_site_forward(const LinearSite& L, const bf16* x, float* y, int N, float beta) {
+  linear_forward(y, x, L.W, N, beta);  // y[N,out] = x[N,in]·Wᵀ + beta·y
+  if (L.lora) lora_forward(*L.lora, x, y, N);  // y += s·(dropout(x)·Aᵀ)·Bᵀ, saves u [N,r]
+}
+
+void linear_site_backward(LinearSite& L, const bf16* dy, const bf16* x, float* dx, int N, float beta) {
+  linear_backward_input(dx, dy, L.W, N, beta);  // dx[N,in] = dy[N,out]·W + beta·dx
+  if (L.lora) lora_backward(*L.lora, dy, x, dx, N);  // dA, dB +=; dx += dropout'(s·dy·B·A)
+  if (L.trainable) {
+    FRUGAL_CHECK(x != nullptr, "linear ", L.name, " is trainable but its input was not provided");
+    linear_backward_weight(L.grad.data(), dy, x, N, L.W.out, L.W.in);  // grad[out,in] += dyᵀ·x
+  }
+}
+
+// ---- buffers ------------------------------------------------------------------------------------
+
+enum { MODE_EVAL = 0, MODE_TRAIN = 1 };
+
+void LlamaModel::prepare(int B, int T, bool for_backward) {
+  FRUGAL_CHECK(B > 0 && T > 0, "batch shape B=", B, " T=", T);
+  FRUGAL_CHECK(!blocks.empty() || cfg_.num_hidden_layers == 0, "model has no weights loaded");
+  const int L = cfg_.num_hidden_layers, C = cfg_.hidden_size, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
+  const int F = cfg_.intermediate_size, H = cfg_.num_attention_heads;
+  const size_t N = (size_t)B * T;
+  if (T != T_ || rope_.max_pos != T) rope_ = rope_table(cfg_.rope, T, T);
+  B_ = B;
+  T_ = T;
+  pos_.resize(N);
+  for (size_t i = 0; i < N; i++) pos_[i] = (int32_t)(i % T);
+
+  // block inputs: all L+1 for backward (they are the checkpoints too), a ping-pong pair for eval
+  xs_.resize(for_backward ? L + 1 : 2);
+  for (auto& x : xs_) ensure(x, N * C);
+  // per-block activations: one set per block, or one scratch set (eval / checkpointing)
+  acts_.resize(for_backward && !opt_.checkpoint ? L : 1);
+  for (auto& a : acts_) {
+    ensure(a.rstd1, N), ensure(a.rstd2, N);
+    ensure(a.q, N * Q), ensure(a.k, N * KV), ensure(a.v, N * KV), ensure(a.att, N * Q);
+    ensure(a.lse, N * H), ensure(a.h, N * C), ensure(a.gate, N * F), ensure(a.up, N * F);
+    ensure(a.n1, N * C), ensure(a.n2, N * C);
+  }
+  ensure(rstdf_, N);
+  ensure(xf_bf_, N * C);
+  ensure(tmpC_, N * C);
+  ensure(act_, N * F);
+  ensure(x_bf_, N * std::max(Q, F));
+  if (for_backward) {
+    ensure(d_x0_, N * C), ensure(dres_, N * C), ensure(dtmp_, N * C), ensure(dn_, N * C);
+    ensure(dact_, N * F), ensure(dgate_, N * F), ensure(dup_, N * F);
+    ensure(dq_, N * Q), ensure(dk_, N * KV), ensure(dv_, N * KV), ensure(datt_, N * Q);
+    ensure(dy_bf_, N * std::max({C, Q, F}));
+  }
+}
+
+void LlamaModel::embed_input(const Batch& b, float* x0) {
+  const int C = cfg_.hidden_size;
+  const size_t N = (size_t)b.B * b.T;
+  FRUGAL_CHECK((b.ids != nullptr) != (b.embeds != nullptr), "batch needs exactly one of ids or embeds");
+  if (b.ids)
+    embedding_forward(x0, b.ids, embed.data(), (int)N, C, cfg_.vocab_size);  // x0: [N,C]
+  else
+    std::memcpy(x0, b.embeds, N * C * sizeof(float));
+}
+
+// ---- one decoder block ----------------------------------------------------------------------------
+
+// x: [N,C] block input, y: [N,C] block output (also used as fp32 scratch before the end).
+void LlamaModel::block_forward(int l, const float* x, BlockActs& a, float* y) {
+  LlamaBlock& blk = blocks[l];
+  const int N = B_ * T_, C = cfg_.hidden_size, Q = cfg_.q_dim();
+  const int F = cfg_.intermediate_size, H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+  const int D = cfg_.head_dim;
+  // attention half
+  rmsnorm_forward(y, a.rstd1.data(), x, blk.ln1.w.data(), N, C, cfg_.rms_norm_eps);  // y: normed [N,C]
+  float_to_bf16(y, a.n1.data(), (size_t)N * C);                                     // n1: [N,C] bf16
+  linear_site_forward(blk.q, a.n1.data(), a.q.data(), N);                            // q: [N,Q]
+  linear_site_forward(blk.k, a.n1.data(), a.k.data(), N);                            // k: [N,KV]
+  linear_site_forward(blk.v, a.n1.data(), a.v.data(), N);                            // v: [N,KV]
+  rope_forward(a.q.data(), pos_.data(), rope_, N, H, D);
+  rope_forward(a.k.data(), pos_.data(), rope_, N, Hkv, D);
+  AttnShape s{B_, T_, T_, H, Hkv, D, 1.0f / std::sqrt((float)D), -1, 0};
+  attention_forward(a.att.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), s);  // att: [N,Q]
+  float_to_bf16(a.att.data(), x_bf_.data(), (size_t)N * Q);
+  std::memcpy(a.h.data(), x, (size_t)N * C * sizeof(float));
+  linear_site_forward(blk.o, x_bf_.data(), a.h.data(), N, 1.f);  // h = x + att·Woᵀ
+  // MLP half
+  rmsnorm_forward(y, a.rstd2.data(), a.h.data(), blk.ln2.w.data(), N, C, cfg_.rms_norm_eps);
+  float_to_bf16(y, a.n2.data(), (size_t)N * C);                   // n2: [N,C] bf16
+  linear_site_forward(blk.gate, a.n2.data(), a.gate.data(), N);   // gate: [N,F]
+  linear_site_forward(blk.up, a.n2.data(), a.up.data(), N);       // up: [N,F]
+  swiglu_forward(act_.data(), a.gate.data(), a.up.data(), (size_t)N * F);
+  float_to_bf16(act_.data(), x_bf_.data(), (size_t)N * F);
+  std::memcpy(y, a.h.data(), (size_t)N * C * sizeof(float));
+  linear_site_forward(blk.down, x_bf_.data(), y, N, 1.f);         // y = h + act·Wdᵀ
+}
+
+// dres: [N,C] d(loss)/d(block output) in, d(loss)/d(block input) out. x: the block input.
+void LlamaModel::block_backward(int l, const float* x, BlockActs& a, float* dres) {
+  LlamaBlock& blk = blocks[l];
+  const int N = B_ * T_, C = cfg_.hidden_size, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
+  const int F = cfg_.intermediate_size, H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+  const int D = cfg_.head_dim;
+  const size_t NC = (size_t)N * C, NF = (size_t)N * F;
+  // y = h + down(silu(gate)·up)
+  float_to_bf16(dres, dy_bf_.data(), NC);
+  if (blk.down.needs_input()) {  // re-derive the bf16 input of down_proj
+    swiglu_forward(act_.data(), a.gate.data(), a.up.data(), NF);
+    float_to_bf16(act_.data(), x_bf_.data(), NF);
+  }
+  linear_site_backward(blk.down, dy_bf_.data(), x_bf_.data(), dact_.data(), N);  // dact: [N,F]
+  swiglu_backward(dgate_.data(), dup_.data(), dact_.data(), a.gate.data(), a.up.data(), NF);
+  float_to_bf16(dgate_.data(), dy_bf_.data(), NF);
+  linear_site_backward(blk.gate, dy_bf_.data(), a.n2.data(), dn_.data(), N, 0.f);  // dn: [N,C]
+  float_to_bf16(dup_.data(), dy_bf_.data(), NF);
+  linear_site_backward(blk.up, dy_bf_.data(), a.n2.data(), dn_.data(), N, 1.f);
+  rmsnorm_backward(dtmp_.data(), blk.ln2.trainable ? blk.ln2.grad.data() : nullptr, dn_.data(),
+                   a.h.data(), blk.ln2.w.data(), a.rstd2.data(), N, C);
+  add_inplace(dres, dtmp_.data(), NC);  // dres = dL/dh
+  // h = x + o_proj(attention(rope(q), rope(k), v))
+  float_to_bf16(dres, dy_bf_.data(), NC);
+  if (blk.o.needs_input()) float_to_bf16(a.att.data(), x_bf_.data(), (size_t)N * Q);
+  linear_site_backward(blk.o, dy_bf_.data(), x_bf_.data(), datt_.data(), N);  // datt: [N,Q]
+  AttnShape s{B_, T_, T_, H, Hkv, D, 1.0f / std::sqrt((float)D), -1, 0};
+  attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
+                     a.v.data(), a.att.data(), a.lse.data(), s);
+  rope_backward(dq_.data(), pos_.data(), rope_, N, H, D);
+  rope_backward(dk_.data(), pos_.data(), rope_, N, Hkv, D);
+  float_to_bf16(dq_.data(), dy_bf_.data(), (size_t)N * Q);
+  linear_site_backward(blk.q, dy_bf_.data(), a.n1.data(), dn_.data(), N, 0.f);
+  float_to_bf16(dk_.data(), dy_bf_.data(), (size_t)N * KV);
+  linear_site_backward(blk.k, dy_bf_.data(), a.n1.data(), dn_.data(), N, 1.f);
+  float_to_bf16(dv_.data(), dy_bf_.data(), (size_t)N * KV);
+  linear_site_backward(blk.v, dy_bf_.data(), a.n1.data(), dn_.data(), N, 1.f);
+  rmsnorm_backward(dtmp_.data(), blk.ln1.trainable ? blk.ln1.grad.data() : nullptr, dn_.data(), x,
+                   blk.ln1.w.data(), a.rstd1.data(), N, C);
+  add_inplace(dres, dtmp_.data(), NC);  // dres = dL/dx
+}
+
+// ---- head: final norm + fused lm_head/CE ------------------------------------------------------
+
+// xf: [N,C] final hidden state. With grad: dres_ = grad_scale·d(sum CE)/d(xf), lm_head grad +=.
+ForwardStats LlamaModel::head_loss(const Batch& b, const float* xf, float grad_scale, bool with_grad,
+                                   float* losses) {
+  const int N = B_ * T_, C = cfg_.hidden_size, V = cfg_.vocab_size;
+  FRUGAL_CHECK(b.targets != nullptr, "batch has no targets");
+  for (int i = 0; i < N; i++) {
+    int32_t t = b.targets[i];
+    if (t != kIgnoreIndex && (t < 0 || t >= V))
+      fail("target ", t, " at batch ", i / T_, " position ", i % T_, " is outside [0, ", V, ")");
+  }
+  rmsnorm_forward(tmpC_.data(), rstdf_.data(), xf, norm.w.data(), N, C, cfg_.rms_norm_eps);
+  float_to_bf16(tmpC_.data(), xf_bf_.data(), (size_t)N * C);  // xf_bf: [N,C] bf16
+  ForwardStats st;
+  st.n_targets = count_targets(b.targets, (size_t)N);
+  if (grad_scale <= 0.f) grad_scale = st.n_targets ? 1.0f / (float)st.n_targets : 0.f;
+  float* dW = nullptr;
+  if (with_grad) {
+    if (cfg_.tie_word_embeddings && embed_trainable) dW = embed_grad.data();
+    if (!cfg_.tie_word_embeddings && lm_head_trainable) dW = lm_head_grad.data();
+  }
+  st.loss_sum = lm_head_ce(xf_bf_.data(), lm_head_weight(), b.targets, N, C, V, grad_scale,
+                           with_grad ? dn_.data() : nullptr, dW, losses);
+  if (with_grad)
+    rmsnorm_backward(dres_.data(), norm.trainable ? norm.grad.data() : nullptr, dn_.data(), xf,
+                     norm.w.data(), rstdf_.data(), N, C);
+  return st;
+}
+
+// ---- public passes --------------------------------------------------------------------------------
+
+const float* LlamaModel::run_eval(const Batch& b) {
+  set_lora_mode(false);  // no dropout outside training
+  prepare(b.B, b.T, false);
+  const int L = cfg_.num_hidden_layers;
+  acquire(0);
+  embed_input(b, xs_[0].data());
+  release(0);
+  for (int l = 0; l < L; l++) {
+    acquire(1 + l);
+    block_forward(l, xs_[l % 2].data(), acts_[0], xs_[(l + 1) % 2].data());
+    release(1 + l);
+  }
+  return xs_[L % 2].data();
+}
+
+ForwardStats LlamaModel::forward(const Batch& b, float* losses) {
+  if (hooks_) hooks_->begin_pass(false);
+  const float* xf = run_eval(b);
+  const int H = cfg_.num_hidden_layers + 1;
+  acquire(H);
+  ForwardStats st = head_loss(b, xf, 1.f, false, losses);
+  release(H);
+  if (hooks_) hooks_->end_pass();
+  return st;
+}
+
+ForwardStats LlamaModel::forward_backward(const Batch& b, float grad_scale) {
+  set_lora_mode(true);  // this micro-batch's dropout masks (recomputation reuses the same keys)
+  drop_micro_++;
+  prepare(b.B, b.T, true);
+  const int L = cfg_.num_hidden_layers;
+  const size_t NC = (size_t)b.B * b.T * cfg_.hidden_size;
+  if (hooks_) hooks_->begin_pass(true);
+  acquire(0);
+  embed_input(b, xs_[0].data());
+  release(0);
+  for (int l = 0; l < L; l++) {
+    acquire(1 + l);
+    block_forward(l, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], xs_[l + 1].data());
+    release(1 + l);
+  }
+  acquire(L + 1);
+  ForwardStats st = head_loss(b, xs_[L].data(), grad_scale, true, nullptr);  // dres_ = dL/dxs_[L]
+  release(L + 1);
+  for (int l = L - 1; l >= 0; l--) {
+    acquire(1 + l);
+    if (opt_.checkpoint)  // recompute this block's activations from its saved input
+      block_forward(l, xs_[l].data(), acts_[0], tmpC_.data());
+    block_backward(l, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], dres_.data());
+    release(1 + l);
+  }
+  if (hooks_) hooks_->end_pass();
+  std::memcpy(d_x0_.data(), dres_.data(), NC * sizeof(float));  // d(loss)/d(input embeds)
+  if (b.ids && embed_trainable)
+    embedding_backward(embed_grad.data(), d_x0_.data(), b.ids, b.B * b.T, cfg_.hidden_size,
+                       cfg_.vocab_size);
+  return st;
+}
+
+void LlamaModel::logits(const Batch& b, float* out) {
+  if (hooks_) hooks_->begin_pass(false);
+  const float* xf = run_eval(b);
+  const int N = B_ * T_, C = cfg_.hidden_size, V = cfg_.vocab_size;
+  acquire(cfg_.num_hidden_layers + 1);
+  rmsnorm_forward(tmpC_.data(), rstdf_.data(), xf, norm.w.data(), N, C, cfg_.rms_norm_eps);
+  float_to_bf16(tmpC_.data(), xf_bf_.data(), (size_t)N * C);
+  // out[N,V] = xf_bf[N,C] · lm_headᵀ
+  gemm_bf16(false, true, N, V, C, 1.f, xf_bf_.data(), C, lm_head_weight(), C, 0.f, out, V);
+  release(cfg_.num_hidden_layers + 1);
+  if (hooks_) hooks_->end_pass();
+}
+
+// ---- trainable tensors -------------------------------------------------------------------------
+
+LinearSite* LlamaModel::find_linear(const std::string& n) {
+  for (auto& blk : blocks)
+    for (LinearSite* s : blk.sites())
+      if (s->name == n) return s;
+  return nullptr;
+}
+
+NormParam* LlamaModel::find_norm(const std::string& n) {
+  if (norm.name == n) return &norm;
+  for (auto& blk : blocks) {
+    if (blk.ln1.name == n) return &blk.ln1;
+    if (blk.ln2.name == n) return &blk.ln2;
+  }
+  return nullptr;
+}
+
+void LlamaModel::set_trainable(const std::string& n, bool on) {
+  const size_t VC = (size_t)cfg_.vocab_size * cfg_.hidden_size;
+  if (LinearSite* s = find_linear(n)) {
+    s->trainable = on;
+    if (on) ensure(s->grad, (size_t)s->W.out * s->W.in); else avector<float>().swap(s->grad);
+  } else if (NormParam* p = find_norm(n)) {
+    p->trainable = on;
+    if (on) ensure(p->grad, p->w.size()); else avector<float>().swap(p->grad);
+  } else if (n == "model.embed_tokens.weight") {
+    embed_trainable = on;
+    if (on) ensure(embed_grad, VC); else avector<float>().swap(embed_grad);
+  } else if (n == "lm_head.weight") {
+    if (cfg_.tie_word_embeddings)
+      fail("lm_head.weight is tied to model.embed_tokens.weight; mark that one trainable");
+    lm_head_trainable = on;
+    if (on) ensure(lm_head_grad, VC); else avector<float>().swap(lm_head_grad);
+  } else {
+    fail("set_trainable: no tensor named '", n, "' in the model");
+  }
+}
+
+const avector<float>& LlamaModel::grad(const std::string& n) const {
+  auto* self = const_cast<LlamaModel*>(this);
+  if (LinearSite* s = self->find_linear(n); s && s->trainable) return s->grad;
+  if (NormParam* p = self->find_norm(n); p && p->trainable) return p->grad;
+  if (n == "model.embed_tokens.weight" && embed_trainable) return embed_grad;
+  if (n == "lm_head.weight" && lm_head_trainable) return lm_head_grad;
+  fail("grad: tensor '", n, "' is not trainable (or does not exist)");
+}
+
+void LlamaModel::zero_grad() {
+  auto z = [](auto& g) { std::fill(g.begin(), g.end(), 0.f); };
+  for (auto& blk : blocks) {
+    for (LinearSite* s : blk.sites()) z(s->grad);
+    z(blk.ln1.grad), z(blk.ln2.grad);
+    for (LinearSite* s : blk.sites())
+      if (s->lora) z(s->lora->dA), z(s->lora->dB);
+  }
+  z(norm.grad), z(embed_grad), z(lm_head_grad);
+}
+
+// ---- memory ----------------------------------------------------------------------------------------
+
+MemoryReport LlamaModel::memory_report() const {
+  MemoryReport r;
+  auto fb = [](const auto& v) { return v.size() * sizeof(v[0]); };
+  for (const auto& blk : blocks) {
+    for (const LinearSite* s : blk.sites()) {
+      r.frozen_linear_bytes += s->W.bytes();
+      r.frozen_linear_params += (size_t)s->W.out * s->W.in;
+      r.grad_bytes += fb(s->grad);
+      if (s->lora) {
+        r.lora_bytes += s->lora->weight_bytes();
+        r.lora_params += s->lora->A.size() + s->lora->B.size();
+        r.grad_bytes += s->lora->grad_bytes();
+        r.activation_bytes += fb(s->lora->u);
+      }
+    }
+    r.norm_bytes += fb(blk.ln1.w) + fb(blk.ln2.w);
+    r.grad_bytes += fb(blk.ln1.grad) + fb(blk.ln2.grad);
+  }
+  r.norm_bytes += fb(norm.w);
+  r.grad_bytes += fb(norm.grad) + fb(embed_grad) + fb(lm_head_grad);
+  r.embedding_bytes = fb(embed) + fb(lm_head_w);
+  for (const auto& x : xs_) r.activation_bytes += fb(x);
+  for (const auto& a : acts_)
+    r.activation_bytes += fb(a.rstd1) + fb(a.q) + fb(a.k) + fb(a.v) + fb(a.att) + fb(a.lse) +
+                          fb(a.h) + fb(a.rstd2) + fb(a.gate) + fb(a.up) + fb(a.n1) + fb(a.n2);
+  for (const auto* v : {&rstdf_, &tmpC_, &act_, &d_x0_, &dres_, &dtmp_, &dact_, &dgate_, &dup_, &dq_,
+                        &dk_, &dv_, &datt_, &dn_})
+    r.activation_bytes += fb(*v);
+  r.activation_bytes += fb(xf_bf_) + fb(x_bf_) + fb(dy_bf_);
+  return r;
+}
+
+std::string MemoryReport::str() const {
+  auto mb = [](size_t b) { return frugal::str((double)b / (1 << 20), " MiB"); };
+  return frugal::str("frozen linears ", mb(frozen_linear_bytes), " (", frozen_linear_params, " params, ",
+             frozen_linear_params ? 8.0 * frozen_linear_bytes / frozen_linear_params : 0.0,
+             " bits/param), embeddings ", mb(embedding_bytes), ", norms ", mb(norm_bytes), ", lora ",
+             mb(lora_bytes), " (", lora_params, " params), grads ",
+             mb(grad_bytes), ", activations ", mb(activation_bytes), ", total ", mb(total()));
+}
+
+// ---- LoRA ------------------------------------------------------------------------------------------
+
+
+void LlamaModel::add_lora_skeleton(const LoraConfig& cfg) {
+  add_lora(cfg, 0, /*allocate=*/false);
+}
+
+void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed) { add_lora(cfg, seed, true); }
+
+void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed, bool allocate) {
+  if (lora_cfg_) fail("add_lora: the model already has LoRA adapters");
+  FRUGAL_CHECK(!blocks.empty(), "add_lora: model has no weights loaded");
+  cfg.validate();
+  LoraConfig c = cfg;
+  c.target_modules = LoraConfig::expand_targets(cfg.target_modules);
+  const auto& names = lora_site_names();
+  for (size_t l = 0; l < blocks.size(); l++) {
+    auto sites = blocks[l].sites();
+    for (size_t si = 0; si < sites.size(); si++) {
+      if (std::find(c.target_modules.begin(), c.target_modules.end(), names[si]) == c.target_modules.end())
+        continue;
+      LinearSite& s = *sites[si];
+      s.lora = std::make_unique<LoraAdapter>(c.rank, s.W.in, s.W.out, c.scale(), c.dropout);
+      s.lora->layer = (int)l;
+      s.lora->site = (int)si;
+      if (allocate)
+        lora_init(*s.lora, seed);
+      else
+        s.lora->A.reset(), s.lora->B.reset(), s.lora->dA.reset(), s.lora->dB.reset();
+    }
+  }
+  lora_cfg_ = std::make_unique<LoraConfig>(c);
+}
+
+std::vector<ParamRef> LlamaModel::trainable_params() {
+  std::vector<ParamRef> ps;
+  std::string bf16_trainable;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, auto& w, auto& g) {
+    FRUGAL_CHECK(w.size() == g.size(), "parameter ", name, " has no gradient buffer");
+    ps.push_back(ParamRef{name, std::move(shape), w.data(), g.data(), w.size()});
+  };
+  for (auto& blk : blocks)
+    for (LinearSite* s : blk.sites()) {
+      if (s->trainable) bf16_trainable += " " + s->name;
+      if (!s->lora) continue;
+      LoraAdapter& a = *s->lora;
+      add(peft_lora_name(s->name, 'A'), {a.r, a.in}, a.A, a.dA);
+      add(peft_lora_name(s->name, 'B'), {a.out, a.r}, a.B, a.dB);
+    }
+  for (auto& blk : blocks)
+    for (NormParam* p : {&blk.ln1, &blk.ln2})
+      if (p->trainable) add(p->name, {(int64_t)p->w.size()}, p->w, p->grad);
+  if (norm.trainable) add(norm.name, {(int64_t)norm.w.size()}, norm.w, norm.grad);
+  if (embed_trainable) bf16_trainable += " model.embed_tokens.weight";
+  if (lm_head_trainable) bf16_trainable += " lm_head.weight";
+  if (!bf16_trainable.empty())
+    fail("trainable_params: these trainable tensors are stored in bf16/NF4 without an fp32 master weight "
+         "and cannot be optimized:", bf16_trainable);
+  return ps;
+}
+
+void LlamaModel::sync_lora() {
+  for (auto& blk : blocks)
+    for (LinearSite* s : blk.sites())
+      if (s->lora) s->lora->sync_compute_copies();
+}
+
+void LlamaModel::set_dropout_rng(uint64_t seed, uint64_t step, uint64_t row0) {
+  drop_seed_ = seed;
+  drop_step_ = step;
+  drop_micro_ = 0;
+  drop_row0_ = row0;
+}
+
+void LlamaModel::set_lora_mode(bool training) {
+  if (!lora_cfg_) return;
+  for (auto& blk : blocks)
+    for (LinearSite* s : blk.sites())
+      if (s->lora) {
+        s->lora->training = training;
+        s->lora->mask_key = lora_mask_key(drop_seed_, drop_step_, drop_micro_, s->lora->layer, s->lora->site);
+        s->lora->mask_row0 = training ? drop_row0_ : 0;
+      }
+}
+
+LoraAdapter* LlamaModel::lora_adapter(const std::string& n) {
+  LinearSite* s = find_linear(n);
+  return s ? s->lora.get() : nullptr;
+}
+
+}  // namespace frugal
