@@ -39,7 +39,6 @@ namespace frugal {
 
 struct FsdpOptions {
   int prefetch = 1;      // units gathered ahead (0 = gather each unit when it is needed)
-  bool offload = false;  // GPU: shards in pinned host memory; the CPU backend ignores it
 };
 
 // One step of a pass: the units that must be gathered together (a tied head needs the head unit
@@ -105,7 +104,7 @@ class Fsdp : public UnitHooks {
   Communicator& comm_;
   FsdpOptions opt_;
   std::vector<avector<uint8_t>> frozen_;     // per unit: frozen shard
-  std::vector<avector<float>> w_, g_, rs_;   // per unit: LoRA master shard, grad shard, reduce-scatter receive
+  std::vector<avector<float>> w_, g_;        // per unit: trainable master shard, grad shard
   std::vector<ParamRef> params_;
   std::vector<std::unique_ptr<Slot>> slots_; // per unit: gathered buffers (null when not gathered)
   std::map<int, std::unique_ptr<GradFlight>> gif_;

@@ -78,6 +78,11 @@ void adamw_chunk(float* __restrict w, const float* __restrict g, float* __restri
 
 }  // namespace
 
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const AdamWConfig& adamw) {
+  if (name == "adamw") return std::make_unique<AdamW>(adamw);
+  fail("optim.name: unknown optimizer '", name, "' (expected adamw)");
+}
+
 AdamW::AdamW(const AdamWConfig& c) : cfg_(c) {
   FRUGAL_CHECK(c.beta1 >= 0.f && c.beta1 < 1.f, "AdamW beta1 must be in [0, 1), got ", c.beta1);
   FRUGAL_CHECK(c.beta2 >= 0.f && c.beta2 < 1.f, "AdamW beta2 must be in [0, 1), got ", c.beta2);

@@ -201,7 +201,6 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
   if (p.fsdp) {
     FsdpOptions fo;
     fo.prefetch = r.fsdp_prefetch;
-    fo.offload = r.fsdp_offload;
     const FsdpMemory fm = fsdp_memory_model(L, fo, /*backward=*/true);
     frozen = fm.frozen_shard;
     gathered = fm.gathered_peak + fm.grad_in_flight;
