@@ -20,6 +20,7 @@
 #include "src/model/checkpoint.h"
 #include "src/model/init.h"
 #include "src/model/lora.h"
+#include "src/model/tensors.h"
 #include "src/train/progress.h"
 
 namespace frugal {
@@ -90,9 +91,15 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(make_optimiz
   mo.nf4_blocksize = r_.quant_blocksize;
   mo.nf4_double_quant = r_.quant_double;
   mo.checkpoint = r_.activation_checkpointing;
+  const bool lora = r_.train_mode == "lora";  // "full": no adapters, the linears themselves train
   if (W == 1) {
     model_ = std::make_unique<LlamaModel>(LlamaModel::load(dir, mo));
-    model_->add_lora(r_.lora, r_.seed);
+    if (lora) model_->add_lora(r_.lora, r_.seed);
+    // dense trainables (train.mode / train.trainable): a gradient, and an fp32 master for bf16 ones
+    for (const ModelTensor& t : select_trainable(model_->config(), r_.train_mode, r_.train_trainable)) {
+      model_->set_trainable(t.name);
+      if (!t.fp32()) model_->add_master(t.name);
+    }
     params_ = model_->trainable_params();
   } else {
     // Sharded: a skeleton model whose tensors Fsdp binds just in time; this rank reads and
@@ -101,16 +108,25 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(make_optimiz
     if (cfg.architecture != "LlamaForCausalLM")
       fail("model ", dir, ": architecture ", cfg.architecture, " is not supported (LlamaForCausalLM)");
     model_ = std::make_unique<LlamaModel>(LlamaModel::skeleton(cfg, mo));
-    model_->add_lora_skeleton(r_.lora);
-    layout_ = std::make_unique<ModelLayout>(make_model_layout(cfg, mo, &r_.lora, W));
+    if (lora) model_->add_lora_skeleton(r_.lora);
+    // dense trainables: masters in the units' trainable buffers, full-size grads in the model
+    std::vector<std::string> dense;
+    for (const ModelTensor& t : select_trainable(cfg, r_.train_mode, r_.train_trainable)) {
+      model_->set_trainable(t.name);
+      dense.push_back(t.name);
+    }
+    layout_ = std::make_unique<ModelLayout>(make_model_layout(cfg, mo, lora ? &r_.lora : nullptr, W, dense));
     auto shards = load_frozen_shards(dir, *layout_, *comm_);
     FsdpOptions fo;
     fo.prefetch = r_.fsdp_prefetch;
     fsdp_ = std::make_unique<Fsdp>(*model_, *layout_, *comm_, fo, std::move(shards));
     fsdp_->init_lora(r_.seed);
+    std::vector<float*> w;
+    for (const UnitLayout& u : layout_->units) w.push_back(fsdp_->train_shard(u.index));
+    load_dense_shards(dir, *layout_, comm_->rank(), w);
     params_ = fsdp_->shard_params();
   }
-  if (params_.empty()) fail(r_.path, ": nothing to train (lora.target_modules selects no linear)");
+  if (params_.empty()) fail(r_.path, ": nothing to train (lora.target_modules selects no linear, train.trainable is empty)");
 
   setup_data();
 
@@ -241,7 +257,7 @@ void Trainer::resume(const std::string& path) {
   loader_->restore(st.cursor);
   step_ = st.step;
   tokens_seen_ = st.tokens_seen;
-  if (!fsdp_) model_->sync_lora();
+  if (!fsdp_) model_->sync_trainables();
   resumed_ = true;
   if (verbose && root()) std::fprintf(stderr, "frugal train: resumed from %s at step %lld\n", path.c_str(), (long long)step_);
 }
@@ -301,6 +317,7 @@ StepMetrics Trainer::train_step() {
     b.ids = ids_.data() + j * rows + (size_t)b0 * T;
     b.targets = targets_.data() + j * rows + (size_t)b0 * T;
     st += model_->forward_backward(b, gscale);
+    if (fsdp_) fsdp_->reduce_dense_grads();  // dense trainables' grads into this rank's shards
   }
   if (fsdp_) {
     double v[2] = {st.loss_sum, (double)st.n_targets};
@@ -322,7 +339,7 @@ StepMetrics Trainer::train_step() {
   }
   m.lr = sched_.at(step_);
   opt_->step(params_, m.lr);
-  if (!fsdp_) model_->sync_lora();
+  if (!fsdp_) model_->sync_trainables();  // bf16 compute copies of the updated masters
   step_++;
   m.tokens = (int64_t)(A * rows);
   tokens_seen_ += (double)m.tokens;
