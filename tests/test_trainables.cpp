@@ -5,7 +5,8 @@
 //       resumed run repeats the uninterrupted one bit for bit (masters + Adam state in the file);
 //   (b) selection errors name the entry (unknown module, lm_head of a tied model, full + NF4);
 //   (c) full fine-tuning: the gradient of a few decoder-linear weights against central finite
-//       differences of the loss in the bf16 model.
+//       differences of the loss in the bf16 model;
+//   (d) export: PEFT adapter with modules_to_save, merged model with the trained values.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -17,8 +18,13 @@
 #include <string>
 #include <vector>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "src/io/safetensors.h"
 #include "src/model/init.h"
 #include "src/model/tensors.h"
+#include "src/train/export.h"
 #include "src/train/recipe.h"
 #include "src/train/trainer.h"
 
@@ -159,4 +165,48 @@ TEST_F(Trainables, SelectionErrorsNameTheEntry) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("quant.type"), std::string::npos) << e.what();
   }
+}
+
+// (d) export of a checkpoint with dense trainables. Adapter: PEFT's saved modules_to_save form,
+// base_model.model.<module>.weight fp32 = the trained master, the modules listed in
+// adapter_config.json. Merged: those tensors replaced by bf16(master) (LoRA merged as before).
+TEST_F(Trainables, ExportModulesToSaveAndMerged) {
+  Recipe r = base("export");
+  Trainer t(r);
+  t.verbose = false;
+  t.train_step();
+  t.train_step();
+  const std::string ck = r.output_dir + "/ck.h5";
+  t.save(ck);
+  const fs::path out = g_dir / "export";
+  export_adapter(ck, (out / "adapter").string());
+  const nlohmann::json cfg = nlohmann::json::parse(std::ifstream(out / "adapter/adapter_config.json"));
+  std::vector<std::string> mods = cfg["modules_to_save"].get<std::vector<std::string>>();
+  std::sort(mods.begin(), mods.end());
+  const int L = LlamaConfig::preset("tiny").num_hidden_layers;
+  ASSERT_EQ(mods.size(), (size_t)L + 3);
+  EXPECT_EQ(mods.front(), "lm_head");
+  EXPECT_TRUE(std::find(mods.begin(), mods.end(), "model.embed_tokens") != mods.end());
+  EXPECT_TRUE(std::find(mods.begin(), mods.end(), "model.layers.0.input_layernorm") != mods.end());
+  SafetensorsFile f((out / "adapter/adapter_model.safetensors").string());
+  export_merged(ck, (out / "merged").string());
+  SafetensorsModel merged((out / "merged").string());
+  size_t checked = 0;
+  for (const ParamRef& p : t.params()) {
+    if (p.name.find("lora_") != std::string::npos) continue;
+    const TensorView* v = f.find("base_model.model." + p.name);
+    ASSERT_TRUE(v != nullptr) << p.name;
+    ASSERT_EQ(v->dtype, DType::F32);
+    ASSERT_EQ(v->nbytes, p.numel * 4);
+    EXPECT_EQ(std::memcmp(v->data, p.w, v->nbytes), 0) << p.name;
+    const TensorView& mv = merged.get(p.name);
+    ASSERT_EQ(mv.dtype, DType::BF16);
+    std::vector<bf16> mb(p.numel);
+    std::memcpy(mb.data(), mv.data, p.numel * 2);
+    size_t bad = 0;
+    for (size_t i = 0; i < p.numel; i++) bad += mb[i].bits != bf16::from_float(p.w[i]).bits;
+    EXPECT_EQ(bad, 0u) << p.name;
+    checked++;
+  }
+  EXPECT_EQ(checked, (size_t)L + 3);
 }
