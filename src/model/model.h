@@ -74,7 +74,7 @@ struct LinearSite {
   bool needs_input() const { return trainable || lora != nullptr; }
 };
 
-// An fp32 parameter (norm weights) or a bf16 one (embedding, lm_head) with an optional gradient.
+// An RMSNorm weight, fp32 [C], with an fp32 gradient when trainable.
 struct NormParam {
   std::string name;
   Buf<float> w;            // [C]
