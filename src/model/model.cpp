@@ -69,8 +69,6 @@ void linear_site_backward(LinearSite& L, const bf16* dy, const bf16* x, float* d
 
 // ---- buffers ------------------------------------------------------------------------------------
 
-enum { MODE_EVAL = 0, MODE_TRAIN = 1 };
-
 void LlamaModel::prepare(int B, int T, bool for_backward) {
   FRUGAL_CHECK(B > 0 && T > 0, "batch shape B=", B, " T=", T);
   FRUGAL_CHECK(!blocks.empty() || cfg_.num_hidden_layers == 0, "model has no weights loaded");

@@ -75,7 +75,8 @@ struct LinearSite {
   bool needs_input() const { return trainable || lora != nullptr; }
 };
 
-// An fp32 norm weight with an optional gradient (a trainable norm is its own fp32 master).
+// An RMSNorm weight, fp32 [C], with an fp32 gradient when trainable (a trainable norm is its own
+// fp32 master weight).
 struct NormParam {
   std::string name;
   Buf<float> w;            // [C]
