@@ -89,6 +89,16 @@ RunResult run(Trainer& t, int64_t steps) {
   return r;
 }
 
+// Same tensors (names, sizes) with the same bits.
+bool same_bits(const std::vector<std::pair<std::string, avector<float>>>& a,
+               const std::vector<std::pair<std::string, avector<float>>>& b) {
+  bool same = a.size() == b.size();
+  for (size_t i = 0; same && i < a.size(); i++)
+    same = a[i].first == b[i].first && a[i].second.size() == b[i].second.size() &&
+           std::memcmp(a[i].second.data(), b[i].second.data(), 4 * b[i].second.size()) == 0;
+  return same;
+}
+
 // Single-process reference on this rank (its own output dir).
 RunResult reference(const std::string& model, const std::string& base, int64_t steps) {
   auto self = make_self_communicator();
@@ -159,10 +169,7 @@ TEST(ShardedTraining, ResumeSameWorldIsExact) {
   Trainer t2(r2, &test::world());
   t2.resume(base + "/run/checkpoints/step-2.h5");
   RunResult part = run(t2, 4);
-  bool bitwise = part.lora.size() == full.lora.size();
-  for (size_t i = 0; bitwise && i < part.lora.size(); i++)
-    bitwise = part.lora[i].second.size() == full.lora[i].second.size() &&
-              std::memcmp(part.lora[i].second.data(), full.lora[i].second.data(), 4 * full.lora[i].second.size()) == 0;
+  const bool bitwise = same_bits(part.lora, full.lora);
   EXPECT_ALL_RANKS(bitwise, "resumed adapter is not bitwise equal to the uninterrupted run's");
   bool losses_ok = true;
   if (test::world().rank() == 0)
@@ -228,10 +235,7 @@ TEST(ShardedTraining, DenseTrainablesMatchSingleProcess) {
   Trainer t2(r2, &test::world());
   t2.resume(base + "/sharded/step-2.h5");
   RunResult part = run(t2, 4);
-  bool bitwise = part.lora.size() == got.lora.size();
-  for (size_t i = 0; bitwise && i < part.lora.size(); i++)
-    bitwise = part.lora[i].second.size() == got.lora[i].second.size() &&
-              std::memcmp(part.lora[i].second.data(), got.lora[i].second.data(), 4 * got.lora[i].second.size()) == 0;
+  const bool bitwise = same_bits(part.lora, got.lora);
   EXPECT_ALL_RANKS(bitwise, "resumed dense trainables are not bitwise equal to the uninterrupted run's");
   test::world().barrier();
   if (test::world().rank() == 0) fs::remove_all(base);
