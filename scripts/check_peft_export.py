@@ -15,8 +15,9 @@ scripts/make_venv.sh, e.g. /opt/frugal-venv/bin/python scripts/check_peft_export
     target_modules list + rsLoRA + dropout, a regex string, a list + layers_to_transform, give the
     same loss in `frugal eval --adapter` as in peft;
  5. a run with train.trainable = embed_tokens, norms, lm_head: its adapter (modules_to_save) loads
-    in peft with every saved module weight in peft's ModulesToSaveWrapper bit for bit, and its
-    merged export in transformers gives peft's loss (within the merged bound above).
+    in peft with every saved module weight in peft's ModulesToSaveWrapper bit for bit and gives
+    the same loss in peft as in `frugal eval --adapter`; its merged export in transformers gives
+    peft's loss (within the merged bound above).
 
 Tolerance: frugal rounds every GEMM operand to bf16 (u = 2^-9) and accumulates in fp32; torch runs
 fp32 here. The mean CE then differs by ≲1e-3 relative (test_model.cpp measures ≤ 3.5e-4 on its
@@ -254,6 +255,8 @@ def main():
     merged_d, _ = windows_loss(hm, stream, seq_len)
     print(f"  base loss {base_loss:.6f}, peft (adapter + modules_to_save) {peft_d:.6f}")
     compare(".ids windows: transformers merged vs peft (dense trainables)", merged_d, peft_d)
+    compare(".ids windows: frugal eval --adapter (modules_to_save) vs peft",
+            frugal_eval(fb, base, ids_path, seq_len, ad_d)["loss"], peft_d)
     compare(".ids windows: frugal eval merged vs transformers merged (dense trainables)",
             frugal_eval(fb, mg_d, ids_path, seq_len)["loss"], merged_d)
     compare_effect(".ids windows: training effect (dense trainables)", merged_d, base_loss, peft_d, base_loss)

@@ -6,7 +6,8 @@
 //   (b) selection errors name the entry (unknown module, lm_head of a tied model, full + NF4);
 //   (c) full fine-tuning: the gradient of a few decoder-linear weights against central finite
 //       differences of the loss in the bf16 model;
-//   (d) export: PEFT adapter with modules_to_save, merged model with the trained values.
+//   (d) export: PEFT adapter with modules_to_save (and frugal loads it back: the trained model's
+//       logits bit for bit), merged model with the trained values.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -24,6 +25,7 @@
 #include "src/io/safetensors.h"
 #include "src/model/init.h"
 #include "src/model/optim.h"
+#include "src/model/peft.h"
 #include "src/model/tensors.h"
 #include "src/train/export.h"
 #include "src/train/recipe.h"
@@ -210,6 +212,17 @@ TEST_F(Trainables, ExportModulesToSaveAndMerged) {
     checked++;
   }
   EXPECT_EQ(checked, (size_t)L + 3);
+  // frugal loads it back (eval / generate --adapter): the same logits as the trained model
+  LlamaModel m2 = LlamaModel::load(r.model_path, r.model_options());
+  load_peft_adapter(m2, (out / "adapter").string());
+  std::vector<int32_t> ids(2 * 9);
+  for (size_t i = 0; i < ids.size(); i++) ids[i] = (int32_t)((i * 37 + 5) % 500);
+  Batch b{2, 9, ids.data(), nullptr, nullptr};
+  const size_t n = ids.size() * (size_t)m2.config().vocab_size;
+  std::vector<float> l1(n), l2(n);
+  t.model().logits(b, l1.data());
+  m2.logits(b, l2.data());
+  EXPECT_EQ(std::memcmp(l1.data(), l2.data(), n * 4), 0);
 }
 
 // ---- (c) full fine-tuning ------------------------------------------------------------------------

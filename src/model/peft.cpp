@@ -139,7 +139,7 @@ PeftAdapterFile read_peft_adapter_config(const std::string& dir) {
     fail(path, ": task_type ", j["task_type"].dump(), " is not supported (CAUSAL_LM)");
 
   // Features that change the math or add tensors frugal does not model.
-  const char* unsupported[] = {"use_dora",        "rank_pattern",      "alpha_pattern",    "modules_to_save",
+  const char* unsupported[] = {"use_dora",        "rank_pattern",      "alpha_pattern",
                                "layer_replication", "lora_bias",       "target_parameters", "trainable_token_indices",
                                "use_qalora",      "alora_invocation_tokens", "use_bdlora", "fan_in_fan_out"};
   for (const char* k : unsupported)
@@ -186,6 +186,9 @@ PeftAdapterFile read_peft_adapter_config(const std::string& dir) {
     f.cfg.target_modules = LoraConfig::expand_targets({"all-linear"});
   }
   str_list("exclude_modules", &f.exclude, &f.exclude_regex);
+  std::string mts_regex;
+  str_list("modules_to_save", &f.cfg.modules_to_save, &mts_regex);
+  if (!mts_regex.empty()) fail(path, ": modules_to_save must be a list of module names");
   for (const std::string* rx : {&f.target_regex, &f.exclude_regex})
     if (!rx->empty()) try {
         std::regex test(*rx);
@@ -230,6 +233,42 @@ bool peft_targets(const PeftAdapterFile& f, const std::string& key, int layer) {
 }
 
 
+// A modules_to_save weight replaces the model's tensor `hf`: norms keep fp32, embeddings /
+// lm_head / bf16 linears take bf16(value) (their compute precision).
+static void set_saved_module(LlamaModel& m, const std::string& hf, const TensorView& t, const std::string& file) {
+  const int64_t V = m.config().vocab_size, C = m.config().hidden_size;
+  auto check = [&](const std::vector<int64_t>& shape) {
+    if (t.shape != shape)
+      fail("tensor ", t.name, " in ", file, " has shape ", shape_str(t.shape), ", expected ", shape_str(shape), " for ", hf);
+  };
+  auto set_norm = [&](NormParam& p) {
+    check({C});
+    to_float(t, p.w.data());
+  };
+  auto set_bf16 = [&](Buf<bf16>& w, std::vector<int64_t> shape) {
+    check(shape);
+    FRUGAL_CHECK(w.size() == (size_t)t.numel(), "adapter: ", hf, " has no bf16 weights in the model");
+    to_bf16(t, w.data());
+  };
+  if (hf == m.norm.name) return set_norm(m.norm);
+  if (hf == "model.embed_tokens.weight") return set_bf16(m.embed, {V, C});
+  if (hf == "lm_head.weight") {
+    if (m.config().tie_word_embeddings) fail("tensor ", t.name, " in ", file, ": lm_head is tied to embed_tokens in this model");
+    return set_bf16(m.lm_head_w, {V, C});
+  }
+  for (LlamaBlock& b : m.blocks) {
+    if (hf == b.ln1.name) return set_norm(b.ln1);
+    if (hf == b.ln2.name) return set_norm(b.ln2);
+    for (LinearSite* s : b.sites())
+      if (hf == s->name) {
+        if (s->W.kind != FrozenWeight::Kind::BF16)
+          fail("tensor ", t.name, " in ", file, ": ", hf, " is NF4-quantized in this model; load the adapter on a bf16 base");
+        return set_bf16(s->W.w, {s->W.out, s->W.in});
+      }
+  }
+  fail("tensor ", t.name, " in ", file, " matches no tensor of the model (", hf, ")");
+}
+
 void load_peft_adapter(LlamaModel& m, const std::string& dir) {
   const PeftAdapterFile f = read_peft_adapter_config(dir);
   const fs::path wpath = fs::path(dir) / "adapter_model.safetensors";
@@ -246,10 +285,25 @@ void load_peft_adapter(LlamaModel& m, const std::string& dir) {
     const TensorView* B = nullptr;
   };
   std::map<std::string, Pair> by_hf;
+  std::vector<std::pair<std::string, const TensorView*>> saved;  // modules_to_save: HF name, tensor
   for (const TensorView& t : st.tensors()) {
     char which = 0;
     const std::string hf = hf_name_of_peft(t.name, &which);
-    if (hf.empty()) fail("tensor ", t.name, " in ", st.path(), " is not a LoRA A/B weight (not supported)");
+    if (hf.empty()) {
+      // peft's saved modules_to_save form: base_model.model.<module>.weight, <module> ending with
+      // an entry of modules_to_save (peft matches by suffix)
+      const std::string pre = "base_model.model.", suf = ".weight";
+      bool ok = t.name.size() > pre.size() + suf.size() && t.name.compare(0, pre.size(), pre) == 0 &&
+                t.name.compare(t.name.size() - suf.size(), suf.size(), suf) == 0;
+      const std::string module = ok ? t.name.substr(pre.size(), t.name.size() - pre.size() - suf.size()) : "";
+      bool listed = false;
+      for (const std::string& e : f.cfg.modules_to_save)
+        listed = listed || (module.size() >= e.size() && module.compare(module.size() - e.size(), e.size(), e) == 0);
+      if (!ok || !listed)
+        fail("tensor ", t.name, " in ", st.path(), " is neither a LoRA A/B weight nor the weight of a modules_to_save module");
+      saved.push_back({module + suf, &t});
+      continue;
+    }
     const TensorView*& slot = which == 'A' ? by_hf[hf].A : by_hf[hf].B;
     if (slot) fail("tensor ", t.name, " in ", st.path(), " appears twice (with and without .default)");
     slot = &t;
@@ -315,6 +369,7 @@ void load_peft_adapter(LlamaModel& m, const std::string& dir) {
       to_float(B, ad.B.data());
     }
   m.sync_lora();
+  for (const auto& [hf, t] : saved) set_saved_module(m, hf, *t, st.path());
 }
 
 }  // namespace frugal

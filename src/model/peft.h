@@ -47,7 +47,8 @@ void write_peft_adapter(const std::string& dir, const PeftAdapterConfig& cfg,
                         const std::vector<AdapterTensor>& tensors, DType dtype = DType::F32);
 
 // Reads and validates dir/adapter_config.json: peft_type must be "LORA"; DoRA, rank_pattern /
-// alpha_pattern, biases, modules_to_save, layer_replication, ... are rejected as "not supported".
+// alpha_pattern, biases, layer_replication, ... are rejected as "not supported"; modules_to_save
+// (list form) is read into cfg.modules_to_save.
 // target_modules may be a list or a string (a regex peft fully matches against module names, or
 // "all-linear"); the string form is kept in target_regex and target_modules is then empty.
 struct PeftAdapterFile {
@@ -67,8 +68,9 @@ bool peft_targets(const PeftAdapterFile& f, const std::string& key, int layer);
 // Adds LoRA to m (LlamaModel::add_lora with the file's r/alpha/dropout/rslora and the module kinds
 // present) and fills every adapter's A and B from dir/adapter_model.safetensors (F32/BF16/F16),
 // then refreshes the bf16 compute copies. Sites the config does not target get B = 0 (they add
-// exactly nothing). Missing / unexpected tensors and wrong shapes: frugal::Error naming the tensor
-// and the file.
+// exactly nothing). modules_to_save weights (base_model.model.<module>.weight) replace the model's
+// tensors: norms in fp32, embeddings / lm_head / bf16 linears rounded to bf16 (an NF4 linear throws).
+// Missing / unexpected tensors and wrong shapes: frugal::Error naming the tensor and the file.
 void load_peft_adapter(LlamaModel& m, const std::string& adapter_dir);
 
 // Inverse of peft_lora_name (src/model/lora.h): the HF weight name a PEFT LoRA tensor name belongs to
