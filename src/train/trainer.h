@@ -9,7 +9,10 @@
 //   zero grads; fetch grad_accum micro-batches ids/targets [micro_batch, seq_len] first, count the
 //   non-ignored targets n over ALL of them; for micro-batch j: set_dropout_rng(seed, s·accum + j),
 //   forward_backward(grad_scale = 1/n)  -> the gradient of the mean loss over the whole step;
-//   clip_grad_norm(grad_clip); lr = schedule.at(s); AdamW step; sync_lora (bf16 copies).
+//   clip_grad_norm(grad_clip); lr = schedule.at(s); optimizer step (Optimizer, recipe optim.name);
+//   sync_trainables (bf16 compute copies of the fp32 masters).
+// What trains: LoRA (train.mode = "lora") and the dense tensors of train.trainable, or every
+// decoder linear (train.mode = "full"), selected by select_trainable (src/model/tensors.h).
 // Under mpirun (W > 1 ranks) the model is sharded (sharding/fsdp.h): every rank loads only its
 // shard of each unit (sharding/shard_load.h), takes rows [B·r/W, B·(r+1)/W) of every micro-batch
 // (train.micro_batch is the global batch; each rank still reads the same global rows, so n counts
@@ -65,7 +68,8 @@ class Trainer {
   bool sharded() const { return fsdp_ != nullptr; }
   Fsdp* fsdp() { return fsdp_.get(); }
   Communicator& comm() { return *comm_; }
-  // The LoRA tensors in trainable_params order, full (gathered on every rank when sharded).
+  // The trainable tensors (LoRA, then the dense ones of train.trainable / train.mode, per unit) in
+  // trainable_params order, full (gathered on every rank when sharded).
   std::vector<std::pair<std::string, avector<float>>> gather_lora();
   int64_t step() const { return step_; }
 
