@@ -90,6 +90,7 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(r.adamw) {
   mo.nf4_blocksize = r_.quant_blocksize;
   mo.nf4_double_quant = r_.quant_double;
   mo.checkpoint = r_.activation_checkpointing;
+  mo.backend = r_.device_backend;
   if (W == 1) {
     model_ = std::make_unique<LlamaModel>(LlamaModel::load(dir, mo));
     model_->add_lora(r_.lora, r_.seed);
