@@ -5,15 +5,10 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/types.h"
 #include "src/common.h"
 
 namespace frugal {
-
-// cos/sin: [max_pos, head_dim/2] fp32, already multiplied by the attention factor.
-struct RopeTable {
-  int head_dim = 0, max_pos = 0;
-  avector<float> cos, sin;
-};
 
 // Positions 0..max_pos-1. seq_len selects the dynamic-NTK frequencies (HF uses max(position_ids)+1);
 // other types ignore it. Computed as transformers does: freqs = float(pos) * inv_freq in fp32,

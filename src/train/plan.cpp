@@ -13,10 +13,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "kernels/cpu/gemm.h"
-#include "kernels/cpu/gemm_f32.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/lm_head_ce.h"
+#include "src/model/backend.h"
 #include "sharding/fsdp.h"
 #include "sharding/layout.h"
 #include "sharding/shard_load.h"
@@ -137,22 +134,9 @@ double parse_byte_size(const std::string& text) {
 }
 
 size_t plan_measure_runtime_bytes() {
-  // What a training step initializes besides its own buffers: the OpenMP pool (every thread) and
-  // oneDNN (engine, JIT kernels of bf16 and fp32 GEMMs, called both outside and inside parallel
-  // regions, as linear.cpp and lm_head_ce.cpp do). Small shapes: their buffers are noise.
-  {
-    const int n = 67;
-    avector<bf16> a((size_t)n * n, bf16::from_float(0.5f)), b((size_t)n * n, bf16::from_float(0.25f));
-    avector<float> af((size_t)n * n, 0.5f), bf((size_t)n * n, 0.25f), c((size_t)n * n);
-    gemm_bf16(false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-    gemm_f32(false, true, n, n, n, 1.f, af.data(), n, bf.data(), n, 0.f, c.data(), n);
-#pragma omp parallel
-    {
-      avector<float> cc((size_t)n * n);
-      gemm_bf16(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, cc.data(), n);
-      gemm_f32(false, false, n, n, n, 1.f, af.data(), n, bf.data(), n, 0.f, cc.data(), n);
-    }
-  }
+  // What a training step initializes besides its own buffers: the backend's runtime (on the CPU
+  // the OpenMP pool and oneDNN's engine and JIT kernels; Backend::warm_up).
+  cpu_backend().warm_up();
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line))
@@ -237,7 +221,7 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
   if (mo.quant == QuantMode::NF4) {
     size_t tile = 0;
     for (const Site& s : sites_of(c))
-      tile = std::max(tile, linear_nf4_scratch_elems(s.out, s.in, nthr));  // the kernels' own tiling
+      tile = std::max(tile, cpu_backend().linear_nf4_scratch_elems(s.out, s.in, nthr));  // the kernels' own tiling
     dequant = (size_t)nthr * tile * 2;
   }
 
@@ -247,7 +231,8 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
 
   // ---- logits chunk (lm_head_ce with dx, no dW): xg [RC,C] bf16, z [RC,VC] f32, G [RC,VC] bf16,
   // dxg [RC,C] f32, softmax state / lse / zt [RC], valid-row index [N] int
-  const size_t RC = std::min<size_t>(kLmHeadRowChunk, N), VC = std::min<size_t>(kLmHeadVocabChunk, V);
+  const KernelScratch ks = cpu_backend().kernel_scratch();
+  const size_t RC = std::min<size_t>(ks.lm_head_row_chunk, N), VC = std::min<size_t>(ks.lm_head_vocab_chunk, V);
   const size_t logits = RC * C * 2 + RC * VC * 4 + RC * VC * 2 + RC * C * 4 + RC * 16 + N * 4;
 
   // ---- attention backward scratch (kernels/cpu/attention.cpp): Drow [B,H,T] + per thread the dQ
