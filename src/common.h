@@ -140,7 +140,6 @@ class Buf {
     avector<T>().swap(own_);
     sync();
   }
-  void clear() { reset(); }
   void resize(std::size_t n, const T& x = T()) {
     check_owned();
     own_.resize(n, x);

@@ -1,4 +1,4 @@
-// gpu_ops.cpp: CUDA RMSNorm / SwiGLU / RoPE (kernels/cuda/ops.h) against the CPU references
+// gpu_ops.cpp: CUDA RMSNorm / SwiGLU / RoPE (kernels/cuda/{rmsnorm,swiglu,rope}.h) against the CPU references
 // (kernels/cpu/*_ref, fp64 where the ref accumulates in fp64). Label `gpu`: every test skips where
 // no device exists. Tolerances are the fp32 rounding budgets of the CPU tests (u = 2^-24 times the
 // magnitude of the terms); the GPU's sum order differs from the CPU's, its budget is no larger.
@@ -12,7 +12,9 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
 #include "kernels/cuda/device.h"
-#include "kernels/cuda/ops.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/swiglu.h"
 #include "src/common.h"
 
 using namespace frugal;

@@ -10,6 +10,7 @@
 // Shared-memory rows have stride D+1 so per-thread rows fall in distinct banks.
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/device_buffer.cuh"
 
 namespace frugal::cuda {
 
@@ -238,44 +239,36 @@ void launch_attention_backward(float* dq, float* dk, float* dv, const float* dou
                                        (size_t)kBwdBr * kBwdBc + 2 * kBwdBr);
   prepare_smem((const void*)attention_backward_kernel, smem, "cuda::launch_attention_backward", p.D);
   const size_t nrows = (size_t)p.B * p.T * p.H;
-  float* Drow = nullptr;
-  CUDA_CHECK(cudaMallocAsync((void**)&Drow, nrows * sizeof(float), st));
+  struct StreamScratch {  // stream-ordered scratch, freed on scope exit (also when a check throws)
+    float* p = nullptr;
+    cudaStream_t st;
+    ~StreamScratch() {
+      if (p) cudaFreeAsync(p, st);
+    }
+  } scratch{nullptr, st};
+  CUDA_CHECK(cudaMallocAsync((void**)&scratch.p, nrows * sizeof(float), st));
+  float* Drow = scratch.p;
   CUDA_CHECK(cudaMemsetAsync(dq, 0, nrows * p.D * sizeof(float), st));  // dQ accumulates atomically
   attention_bwd_dot_kernel<<<(unsigned)((nrows + 255) / 256), 256, 0, st>>>(Drow, dout, out, p);
   CUDA_CHECK(cudaGetLastError());
   dim3 grid((unsigned)((p.S + kBwdBc - 1) / kBwdBc), (unsigned)p.Hkv, (unsigned)p.B);
   attention_backward_kernel<<<grid, kBwdBc, smem, st>>>(dq, dk, dv, dout, q, k, v, lse, Drow, p);
   CUDA_CHECK(cudaGetLastError());
+  scratch.p = nullptr;
   CUDA_CHECK(cudaFreeAsync(Drow, st));
 }
 
 // ---- host-buffer wrappers ------------------------------------------------------------------------
-namespace {
-struct DeviceBuf {
-  float* p = nullptr;
-  explicit DeviceBuf(size_t n, const float* host = nullptr) {
-    CUDA_CHECK(cudaMalloc((void**)&p, n * sizeof(float)));
-    if (host) CUDA_CHECK(cudaMemcpy(p, host, n * sizeof(float), cudaMemcpyHostToDevice));
-  }
-  void to_host(float* host, size_t n) const {
-    CUDA_CHECK(cudaMemcpy(host, p, n * sizeof(float), cudaMemcpyDeviceToHost));
-  }
-  ~DeviceBuf() { cudaFree(p); }
-  DeviceBuf(const DeviceBuf&) = delete;
-  DeviceBuf& operator=(const DeviceBuf&) = delete;
-};
-}  // namespace
-
 void attention_forward_host(float* out, float* lse, const float* q, const float* k,
                             const float* v, const AttnShape& s) {
   attention_check_shape(s, "cuda::attention_forward_host");
   const size_t nq = (size_t)s.B * s.T * s.H * s.D, nkv = (size_t)s.B * s.S * s.Hkv * s.D;
   const size_t nl = (size_t)s.B * s.H * s.T;
-  DeviceBuf dq_(nq, q), dk_(nkv, k), dv_(nkv, v), dout_(nq), dl_(nl);
-  launch_attention_forward(dout_.p, dl_.p, dq_.p, dk_.p, dv_.p, s, nullptr);
+  DeviceBuffer<float> dq_(q, nq), dk_(k, nkv), dv_(v, nkv), dout_(nq), dl_(nl);
+  launch_attention_forward(dout_.data(), dl_.data(), dq_.data(), dk_.data(), dv_.data(), s, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
-  dout_.to_host(out, nq);
-  dl_.to_host(lse, nl);
+  dout_.download(out, nq);
+  dl_.download(lse, nl);
 }
 
 void attention_backward_host(float* dq, float* dk, float* dv, const float* dout, const float* q,
@@ -284,13 +277,14 @@ void attention_backward_host(float* dq, float* dk, float* dv, const float* dout,
   attention_check_shape(s, "cuda::attention_backward_host");
   const size_t nq = (size_t)s.B * s.T * s.H * s.D, nkv = (size_t)s.B * s.S * s.Hkv * s.D;
   const size_t nl = (size_t)s.B * s.H * s.T;
-  DeviceBuf g_(nq, dout), q_(nq, q), k_(nkv, k), v_(nkv, v), o_(nq, out), l_(nl, lse);
-  DeviceBuf dq_(nq), dk_(nkv), dv_(nkv);
-  launch_attention_backward(dq_.p, dk_.p, dv_.p, g_.p, q_.p, k_.p, v_.p, o_.p, l_.p, s, nullptr);
+  DeviceBuffer<float> g_(dout, nq), q_(q, nq), k_(k, nkv), v_(v, nkv), o_(out, nq), l_(lse, nl);
+  DeviceBuffer<float> dq_(nq), dk_(nkv), dv_(nkv);
+  launch_attention_backward(dq_.data(), dk_.data(), dv_.data(), g_.data(), q_.data(), k_.data(), v_.data(), o_.data(),
+                            l_.data(), s, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
-  dq_.to_host(dq, nq);
-  dk_.to_host(dk, nkv);
-  dv_.to_host(dv, nkv);
+  dq_.download(dq, nq);
+  dk_.download(dk, nkv);
+  dv_.download(dv, nkv);
 }
 
 }  // namespace frugal::cuda

@@ -4,6 +4,7 @@
 
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/device_buffer.cuh"
 
 namespace frugal::cuda {
 
@@ -31,38 +32,30 @@ __global__ void float_to_bf16_kernel(const float* in, uint16_t* out, size_t n) {
 
 void float_to_bf16_host(const float* in, bf16* out, std::size_t n) {
   if (n == 0) return;
-  float* d_in = nullptr;
-  uint16_t* d_out = nullptr;
-  CUDA_CHECK(cudaMalloc(&d_in, n * sizeof(float)));
-  CUDA_CHECK(cudaMalloc(&d_out, n * sizeof(uint16_t)));
-  CUDA_CHECK(cudaMemcpy(d_in, in, n * sizeof(float), cudaMemcpyHostToDevice));
+  DeviceBuffer<float> d_in(in, n);
+  DeviceBuffer<uint16_t> d_out(n);
   unsigned blocks = (unsigned)((n + 255) / 256);
-  float_to_bf16_kernel<<<blocks, 256>>>(d_in, d_out, n);
+  float_to_bf16_kernel<<<blocks, 256>>>(d_in.data(), d_out.data(), n);
   CUDA_CHECK(cudaGetLastError());
-  CUDA_CHECK(cudaMemcpy(out, d_out, n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
-  CUDA_CHECK(cudaFree(d_in));
-  CUDA_CHECK(cudaFree(d_out));
+  d_out.download(reinterpret_cast<uint16_t*>(out), n);
 }
 
 void gemm_bf16_nt_host(const bf16* A, const bf16* B, float* C, int M, int N, int K) {
-  void *dA, *dB, *dC;
-  CUDA_CHECK(cudaMalloc(&dA, (size_t)M * K * 2));
-  CUDA_CHECK(cudaMalloc(&dB, (size_t)N * K * 2));
-  CUDA_CHECK(cudaMalloc(&dC, (size_t)M * N * 4));
-  CUDA_CHECK(cudaMemcpy(dA, A, (size_t)M * K * 2, cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(dB, B, (size_t)N * K * 2, cudaMemcpyHostToDevice));
-  cublasHandle_t h;
-  CUBLAS_CHECK(cublasCreate(&h));
+  DeviceBuffer<bf16> dA(A, (size_t)M * K), dB(B, (size_t)N * K);
+  DeviceBuffer<float> dC((size_t)M * N);
+  struct Handle {  // the cuBLAS handle, destroyed on scope exit (also when a check throws)
+    cublasHandle_t h = nullptr;
+    ~Handle() {
+      if (h) cublasDestroy(h);
+    }
+  } handle;
+  CUBLAS_CHECK(cublasCreate(&handle.h));
   // Row-major C[M,N] = A·Bᵀ is column-major Cᵀ[N,M] = B·Aᵀ: op(B) = T on the [K,N] col-major view.
   const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, dB, CUDA_R_16BF, K, dA,
-                            CUDA_R_16BF, K, &beta, dC, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+  CUBLAS_CHECK(cublasGemmEx(handle.h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, dB.data(), CUDA_R_16BF, K,
+                            dA.data(), CUDA_R_16BF, K, &beta, dC.data(), CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
-  CUBLAS_CHECK(cublasDestroy(h));
-  CUDA_CHECK(cudaMemcpy(C, dC, (size_t)M * N * 4, cudaMemcpyDeviceToHost));
-  CUDA_CHECK(cudaFree(dA));
-  CUDA_CHECK(cudaFree(dB));
-  CUDA_CHECK(cudaFree(dC));
+  dC.download(C, (size_t)M * N);
 }
 
 }  // namespace frugal::cuda

@@ -3,6 +3,7 @@
 //   out[i] = bf16_rne(nf4_code(nibble(start + i)) * absmax[(start + i) / blocksize])
 // One thread per output element; the 16 codes are staged in shared memory.
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/device_buffer.cuh"
 #include "kernels/cuda/nf4.h"
 
 namespace frugal::cuda {
@@ -64,30 +65,20 @@ void nf4_dequantize_bf16_host(const quant::NF4Tensor& q, int64_t start, int64_t 
   FRUGAL_CHECK(q.double_quant ? (int64_t)q.absmax_q.size() == nb : (int64_t)q.absmax.size() == nb,
                "NF4 absmax size does not match ", nb, " blocks");
   if (count == 0) return;
-  uint8_t *d_packed = nullptr, *d_aq = nullptr;
-  float *d_nested = nullptr, *d_absmax = nullptr;
-  uint16_t* d_out = nullptr;
-  CUDA_CHECK(cudaMalloc(&d_packed, q.packed.size()));
-  CUDA_CHECK(cudaMalloc(&d_absmax, nb * sizeof(float)));
-  CUDA_CHECK(cudaMalloc(&d_out, count * sizeof(uint16_t)));
-  CUDA_CHECK(cudaMemcpy(d_packed, q.packed.data(), q.packed.size(), cudaMemcpyHostToDevice));
+  DeviceBuffer<uint8_t> d_packed(q.packed.data(), q.packed.size());
+  DeviceBuffer<float> d_absmax((size_t)nb);
+  DeviceBuffer<uint16_t> d_out((size_t)count);
+  DeviceBuffer<uint8_t> d_aq;   // double quant only
+  DeviceBuffer<float> d_nested;
   if (q.double_quant) {
-    CUDA_CHECK(cudaMalloc(&d_aq, nb));
-    CUDA_CHECK(cudaMalloc(&d_nested, q.nested_absmax.size() * sizeof(float)));
-    CUDA_CHECK(cudaMemcpy(d_aq, q.absmax_q.data(), nb, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(d_nested, q.nested_absmax.data(), q.nested_absmax.size() * sizeof(float),
-                          cudaMemcpyHostToDevice));
-    launch_nf4_absmax_dq(d_aq, d_nested, q.offset, q.nested_blocksize, nb, d_absmax, nullptr);
+    d_aq = DeviceBuffer<uint8_t>(q.absmax_q.data(), (size_t)nb);
+    d_nested = DeviceBuffer<float>(q.nested_absmax.data(), q.nested_absmax.size());
+    launch_nf4_absmax_dq(d_aq.data(), d_nested.data(), q.offset, q.nested_blocksize, nb, d_absmax.data(), nullptr);
   } else {
-    CUDA_CHECK(cudaMemcpy(d_absmax, q.absmax.data(), nb * sizeof(float), cudaMemcpyHostToDevice));
+    d_absmax.upload(q.absmax.data(), (size_t)nb);
   }
-  launch_nf4_dequantize_bf16(d_packed, d_absmax, q.blocksize, start, count, d_out, nullptr);
-  CUDA_CHECK(cudaMemcpy(out, d_out, count * sizeof(uint16_t), cudaMemcpyDeviceToHost));
-  CUDA_CHECK(cudaFree(d_packed));
-  CUDA_CHECK(cudaFree(d_absmax));
-  CUDA_CHECK(cudaFree(d_out));
-  if (d_aq) CUDA_CHECK(cudaFree(d_aq));
-  if (d_nested) CUDA_CHECK(cudaFree(d_nested));
+  launch_nf4_dequantize_bf16(d_packed.data(), d_absmax.data(), q.blocksize, start, count, d_out.data(), nullptr);
+  d_out.download(reinterpret_cast<uint16_t*>(out), (size_t)count);
 }
 
 }  // namespace frugal::cuda

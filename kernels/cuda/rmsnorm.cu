@@ -2,8 +2,10 @@
 //   rstd = 1/sqrt(mean(x^2) + eps), out = x * rstd * w
 //   dx = rstd*w*dout - x * rstd^3/C * sum(w*dout*x),  dw += sum_n dout*x*rstd
 // Sections: kernels (one block per row; dw one thread per column, deterministic), launchers, host wrappers.
+#include "kernels/cuda/rmsnorm.h"
+
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/ops.h"
+#include "kernels/cuda/device_buffer.cuh"
 
 namespace frugal::cuda {
 
@@ -81,39 +83,23 @@ void launch_rmsnorm_backward(float* dx, float* dw, const float* dout, const floa
 }
 
 // ---- host wrappers --------------------------------------------------------------------------
-namespace {
-struct DevBuf {  // owning device buffer, freed on scope exit (also when a CUDA_CHECK throws)
-  void* p = nullptr;
-  explicit DevBuf(size_t bytes) { CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 4)); }
-  ~DevBuf() { cudaFree(p); }
-  float* f() const { return static_cast<float*>(p); }
-};
-void up(const DevBuf& d, const void* h, size_t bytes) { CUDA_CHECK(cudaMemcpy(d.p, h, bytes, cudaMemcpyHostToDevice)); }
-void down(void* h, const DevBuf& d, size_t bytes) { CUDA_CHECK(cudaMemcpy(h, d.p, bytes, cudaMemcpyDeviceToHost)); }
-}  // namespace
-
 void rmsnorm_forward_host(float* out, float* rstd, const float* x, const float* w, int N, int C, float eps) {
-  const size_t nc = (size_t)N * C * 4;
-  DevBuf dout(nc), drstd((size_t)N * 4), dx(nc), dw((size_t)C * 4);
-  up(dx, x, nc);
-  up(dw, w, (size_t)C * 4);
-  launch_rmsnorm_forward(dout.f(), drstd.f(), dx.f(), dw.f(), N, C, eps);
-  down(out, dout, nc);
-  down(rstd, drstd, (size_t)N * 4);
+  const size_t nc = (size_t)N * C;
+  DeviceBuffer<float> dout(nc), drstd((size_t)N), dx(x, nc), dw(w, (size_t)C);
+  launch_rmsnorm_forward(dout.data(), drstd.data(), dx.data(), dw.data(), N, C, eps);
+  dout.download(out, nc);
+  drstd.download(rstd, (size_t)N);
 }
 
 void rmsnorm_backward_host(float* dx, float* dw, const float* dout, const float* x, const float* w,
                            const float* rstd, int N, int C) {
-  const size_t nc = (size_t)N * C * 4;
-  DevBuf ddx(nc), ddw((size_t)C * 4), ddout(nc), dxx(nc), dww((size_t)C * 4), drstd((size_t)N * 4);
-  up(ddout, dout, nc);
-  up(dxx, x, nc);
-  up(dww, w, (size_t)C * 4);
-  up(drstd, rstd, (size_t)N * 4);
-  if (dw) up(ddw, dw, (size_t)C * 4);
-  launch_rmsnorm_backward(ddx.f(), dw ? ddw.f() : nullptr, ddout.f(), dxx.f(), dww.f(), drstd.f(), N, C);
-  down(dx, ddx, nc);
-  if (dw) down(dw, ddw, (size_t)C * 4);
+  const size_t nc = (size_t)N * C;
+  DeviceBuffer<float> ddx(nc), ddw((size_t)C), ddout(dout, nc), dxx(x, nc), dww(w, (size_t)C), drstd(rstd, (size_t)N);
+  if (dw) ddw.upload(dw, (size_t)C);
+  launch_rmsnorm_backward(ddx.data(), dw ? ddw.data() : nullptr, ddout.data(), dxx.data(), dww.data(), drstd.data(),
+                          N, C);
+  ddx.download(dx, nc);
+  if (dw) ddw.download(dw, (size_t)C);
 }
 
 }  // namespace frugal::cuda

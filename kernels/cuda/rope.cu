@@ -2,8 +2,10 @@
 //   forward  y1 = x1*c - x2*s, y2 = x2*c + x1*s;  backward dx1 = dy1*c + dy2*s, dx2 = dy2*c - dy1*s.
 // The cos/sin table is built on the host (rope_table, fm::rope_inv_freq) and copied to the device.
 // Sections: kernel (one thread per (row, head, pair)), launchers, host wrappers.
+#include "kernels/cuda/rope.h"
+
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/ops.h"
+#include "kernels/cuda/device_buffer.cuh"
 
 namespace frugal::cuda {
 
@@ -51,26 +53,16 @@ void launch_rope_backward(float* dx, const int32_t* pos, const float* cos, const
 
 // ---- host wrappers --------------------------------------------------------------------------
 namespace {
-struct DevBuf {  // owning device buffer, freed on scope exit (also when a CUDA_CHECK throws)
-  void* p = nullptr;
-  explicit DevBuf(size_t bytes) { CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 4)); }
-  ~DevBuf() { cudaFree(p); }
-};
-
 void rope_host(float* x, const int32_t* pos, const RopeTable& t, int N, int H, int D, bool fwd) {
   if (D != t.head_dim) fail("rope (cuda): head dim ", D, " does not match the rope table's head_dim ", t.head_dim);
   for (int n = 0; n < N; ++n)
     if (pos[n] < 0 || pos[n] >= t.max_pos)
       fail("rope (cuda): position ", pos[n], " at row ", n, " is outside the rope table [0, ", t.max_pos, ")");
-  const size_t xb = (size_t)N * H * D * 4, tb = t.cos.size() * 4;
-  DevBuf dx(xb), dp((size_t)N * 4), dc(tb), ds(tb);
-  CUDA_CHECK(cudaMemcpy(dx.p, x, xb, cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(dp.p, pos, (size_t)N * 4, cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(dc.p, t.cos.data(), tb, cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(ds.p, t.sin.data(), tb, cudaMemcpyHostToDevice));
-  launch((float*)dx.p, (const int32_t*)dp.p, (const float*)dc.p, (const float*)ds.p, t.max_pos, N, H, D,
-         fwd ? 1.f : -1.f, nullptr);
-  CUDA_CHECK(cudaMemcpy(x, dx.p, xb, cudaMemcpyDeviceToHost));
+  const size_t nx = (size_t)N * H * D;
+  DeviceBuffer<float> dx(x, nx), dc(t.cos.data(), t.cos.size()), ds(t.sin.data(), t.sin.size());
+  DeviceBuffer<int32_t> dp(pos, (size_t)N);
+  launch(dx.data(), dp.data(), dc.data(), ds.data(), t.max_pos, N, H, D, fwd ? 1.f : -1.f, nullptr);
+  dx.download(x, nx);
 }
 }  // namespace
 

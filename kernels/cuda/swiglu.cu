@@ -1,8 +1,10 @@
 // swiglu.cu: CUDA SwiGLU, mirror of kernels/cpu/swiglu.cpp: out = silu(g) * up,
 // dgate = dout * up * silu'(g), dup = dout * silu(g); fm::silu / fm::silu_grad from shared_math.h.
 // Sections: kernels (grid-stride, one element per thread), launchers, host wrappers.
+#include "kernels/cuda/swiglu.h"
+
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/ops.h"
+#include "kernels/cuda/device_buffer.cuh"
 
 namespace frugal::cuda {
 
@@ -41,33 +43,17 @@ void launch_swiglu_backward(float* dgate, float* dup, const float* dout, const f
 }
 
 // ---- host wrappers --------------------------------------------------------------------------
-namespace {
-struct DevBuf {  // owning device buffer, freed on scope exit (also when a CUDA_CHECK throws)
-  void* p = nullptr;
-  explicit DevBuf(size_t bytes) { CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 4)); }
-  ~DevBuf() { cudaFree(p); }
-  float* f() const { return static_cast<float*>(p); }
-};
-}  // namespace
-
 void swiglu_forward_host(float* out, const float* gate, const float* up, size_t n) {
-  const size_t b = n * 4;
-  DevBuf dout(b), dg(b), du(b);
-  CUDA_CHECK(cudaMemcpy(dg.p, gate, b, cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(du.p, up, b, cudaMemcpyHostToDevice));
-  launch_swiglu_forward(dout.f(), dg.f(), du.f(), n);
-  CUDA_CHECK(cudaMemcpy(out, dout.p, b, cudaMemcpyDeviceToHost));
+  DeviceBuffer<float> dout(n), dg(gate, n), du(up, n);
+  launch_swiglu_forward(dout.data(), dg.data(), du.data(), n);
+  dout.download(out, n);
 }
 
 void swiglu_backward_host(float* dgate, float* dup, const float* dout, const float* gate, const float* up, size_t n) {
-  const size_t b = n * 4;
-  DevBuf ddg(b), ddu(b), ddo(b), dg(b), du(b);
-  CUDA_CHECK(cudaMemcpy(ddo.p, dout, b, cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(dg.p, gate, b, cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(du.p, up, b, cudaMemcpyHostToDevice));
-  launch_swiglu_backward(ddg.f(), ddu.f(), ddo.f(), dg.f(), du.f(), n);
-  CUDA_CHECK(cudaMemcpy(dgate, ddg.p, b, cudaMemcpyDeviceToHost));
-  CUDA_CHECK(cudaMemcpy(dup, ddu.p, b, cudaMemcpyDeviceToHost));
+  DeviceBuffer<float> ddg(n), ddu(n), ddo(dout, n), dg(gate, n), du(up, n);
+  launch_swiglu_backward(ddg.data(), ddu.data(), ddo.data(), dg.data(), du.data(), n);
+  ddg.download(dgate, n);
+  ddu.download(dup, n);
 }
 
 }  // namespace frugal::cuda

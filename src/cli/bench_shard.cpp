@@ -252,7 +252,7 @@ void register_bench_shard(CLI::App& bench_cmd) {
   auto o = std::make_shared<BenchShardOptions>();
   CLI::App* sub = bench_cmd.add_subcommand(
       "shard", "FSDP communication per sharded training step, prefetch off vs on (run under mpirun -np W)");
-  sub->add_option("--preset", o->preset, "model preset: tiny | small | llama3-8b-2layers | llama3-70b-2layers")
+  sub->add_option("--preset", o->preset, "model preset: tiny | small | llama3-8b-2layers | llama3-70b-2layers (llama3.1-8b/70b are full size)")
       ->capture_default_str();
   sub->add_option("--seq-len", o->seq_len, "tokens per row T")->capture_default_str();
   sub->add_option("--micro-batch", o->micro_batch, "global rows per step B (each rank takes B/W; default W)")

@@ -150,7 +150,7 @@ void run_bench_train(const BenchTrainOptions& o) {
 void register_bench_train(CLI::App& bench_cmd) {
   auto o = std::make_shared<BenchTrainOptions>();
   CLI::App* sub = bench_cmd.add_subcommand("train", "tokens/s and peak memory of a QLoRA training step");
-  sub->add_option("--preset", o->preset, "model preset: tiny | small | llama3-8b-2layers | llama3-70b-2layers")
+  sub->add_option("--preset", o->preset, "model preset: tiny | small | llama3-8b-2layers | llama3-70b-2layers (llama3.1-8b/70b are full size)")
       ->capture_default_str();
   sub->add_option("--seq-len", o->seq_len, "tokens per row T")->capture_default_str();
   sub->add_option("--micro-batch", o->micro_batch, "rows per step B")->capture_default_str();

@@ -1,4 +1,4 @@
-// cli.h: each `frugal` subcommand lives in src/cmd_<name>.cpp and registers itself on the app.
+// cli.h: each `frugal` subcommand lives in src/cli/cmd_<name>.cpp and registers itself on the app.
 // The callback runs the command; errors are thrown as frugal::Error and reported by main().
 #pragma once
 #include <CLI/CLI.hpp>

@@ -1,5 +1,5 @@
 // cmd_init.cpp: `frugal init` — write a randomly initialized Llama model in Hugging Face format.
-//   frugal init --preset tiny|small|llama3-8b-2layers|llama3-70b-2layers --out DIR [--seed S]
+//   frugal init --preset tiny|small|llama3-8b-2layers|llama3-70b-2layers|llama3.1-8b|llama3.1-70b --out DIR [--seed S]
 //               [--tokenizer tokenizer.json] [--force]
 // (or --config config.json instead of --preset). The work is init_model() in src/model/init.cpp.
 #include <chrono>

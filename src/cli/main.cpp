@@ -1,4 +1,4 @@
-// main.cpp: the `frugal` command line. Subcommands register in src/cmd_*.cpp (see cli.h).
+// main.cpp: the `frugal` command line. Subcommands register in src/cli/cmd_*.cpp (see cli.h).
 // Under mpirun (W ranks) MPI is initialized before parsing, every rank parses the same arguments,
 // and an error on any rank ends the whole job with one message naming that rank (abort_job);
 // without mpirun frugal is one rank and reports errors as "frugal: error: ...".
@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
   const int W = frugal::mpi_world_size();
   const int rank = frugal::mpi_world_rank();
 
-  CLI::App app{"frugal: memory-frugal fine-tuning of Llama-family models (QLoRA, FSDP, GaLore)"};
+  CLI::App app{"frugal: memory-frugal fine-tuning of Llama-family models (QLoRA, FSDP)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "frugal 0.1.0");
   frugal::register_init(app);

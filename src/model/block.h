@@ -31,7 +31,7 @@ struct LinearSite {
   bool needs_input() const { return trainable || lora != nullptr; }
 };
 
-// An fp32 parameter (norm weights) with an optional gradient.
+// An RMSNorm weight, fp32 [C], with an fp32 gradient when trainable.
 struct NormParam {
   std::string name;
   Buf<float> w;            // [C]

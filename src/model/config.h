@@ -1,6 +1,6 @@
 // config.h: the model configuration (Hugging Face config.json of LlamaForCausalLM, SPEC §2),
 // parsed with the upstream defaults, validated, written back as transformers writes it, and the
-// named presets used by `frugal init`.
+// named presets used by `frugal init`, the recipes' model.preset and `frugal plan`.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -30,7 +30,7 @@ struct LlamaConfig {                      // HF config.json of LlamaForCausalLM 
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& where);
   static LlamaConfig load(const std::string& path_or_dir); // dir/config.json or a .json path
   nlohmann::json to_json() const;                          // what transformers writes
-  static LlamaConfig preset(const std::string& name);      // tiny | small | llama3-8b-2layers | llama3-70b-2layers
+  static LlamaConfig preset(const std::string& name);      // one of config_preset_names()
 };
 
 // Names of the presets accepted by LlamaConfig::preset.

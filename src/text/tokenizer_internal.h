@@ -1,4 +1,4 @@
-// tokenizer_internal.h: the parts of the tokenizer pipeline (private to src/tokenizer_*.cpp).
+// tokenizer_internal.h: the parts of the tokenizer pipeline (private to src/text/tokenizer_*.cpp).
 //   text -> added tokens (raw) -> normalizer -> added tokens (normalized) -> pre-tokenizer
 //        -> BPE model per piece -> post-processor (add_special)
 //   ids  -> tokens -> decoder chain -> text

@@ -26,7 +26,7 @@ struct Recipe {
   std::string path;                       // the file it came from ("" for from_string)
   // [model]
   std::string model_path;                 // HF dir; when absent and model.preset set, created on the fly by `frugal init`
-  std::string model_preset;               // tiny|small|llama3-8b-2layers|llama3-70b-2layers ("" = none)
+  std::string model_preset;               // one of config_preset_names() (src/model/config.h); "" = none
   uint64_t model_init_seed = 0;
   // [quant]
   std::string quant_type = "nf4";         // nf4 | none

@@ -85,12 +85,7 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(r.adamw) {
     }
   }
   comm_->barrier();
-  ModelOptions mo;
-  mo.quant = parse_quant_mode(r_.quant_type);
-  mo.nf4_blocksize = r_.quant_blocksize;
-  mo.nf4_double_quant = r_.quant_double;
-  mo.checkpoint = r_.activation_checkpointing;
-  mo.backend = r_.device_backend;
+  const ModelOptions mo = r_.model_options();
   if (W == 1) {
     model_ = std::make_unique<LlamaModel>(LlamaModel::load(dir, mo));
     model_->add_lora(r_.lora, r_.seed);
@@ -116,11 +111,8 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(r.adamw) {
 
   setup_data();
 
-  sched_.type = r_.lr_schedule;
-  sched_.lr = r_.lr;
-  sched_.warmup_steps = r_.warmup_steps;
-  sched_.total_steps = std::max(1, r_.steps);
-  sched_.min_lr_ratio = r_.min_lr_ratio;
+  sched_ = r_.schedule();
+  sched_.total_steps = std::max(1, sched_.total_steps);  // a recipe that skipped validate()
   sched_.validate();
 }
 
