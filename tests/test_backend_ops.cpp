@@ -10,6 +10,8 @@
 // then listed by available_backends()), else its test is skipped.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -366,6 +368,14 @@ void check_linear(Backend& be, const std::string& op) {
 
 void check_lora(Backend& be, const std::string& op) {
   const int N = 59;
+  if (op == "lora_chunk_rows") {  // whole chunks of at most lora_chunk_budget() fp32 elements
+    for (const auto& [in, out, n] : std::vector<std::array<int, 3>>{{111, 37, 59}, {4096, 14336, 4096}, {1 << 21, 7, 3}}) {
+      const int rows = be.lora_chunk_rows(in, out, n);
+      EXPECT_TRUE(rows >= 1 && rows <= n) << "lora_chunk_rows " << rows << " for N=" << n;
+      EXPECT_TRUE(rows == 1 || (int64_t)rows * std::max(in, out) <= lora_chunk_budget()) << rows;
+    }
+    return;
+  }
   for (const bool drop : {false, true}) {
     LoraDims d;
     d.r = 5, d.in = 111, d.out = 37, d.scale = 1.7f;
@@ -503,7 +513,7 @@ const std::map<std::string, Check>& checks() {
     add({"attention_forward", "attention_backward", "attention_decode"}, check_attention);
     add({"swiglu_forward", "swiglu_backward"}, check_swiglu);
     add({"linear_forward", "linear_backward_input", "linear_backward_weight", "linear_nf4_scratch_elems"}, check_linear);
-    add({"lora_forward", "lora_backward"}, check_lora);
+    add({"lora_forward", "lora_backward", "lora_chunk_rows"}, check_lora);
     add({"lm_head_ce", "lm_head_logits"}, check_head);
     add({"adamw_update", "grad_sq_sums", "grad_scale"}, check_optim);
     add({"kernel_scratch", "warm_up"}, check_runtime);
