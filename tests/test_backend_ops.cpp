@@ -32,6 +32,8 @@
 #include "kernels/cpu/swiglu.h"
 #include "quant/nf4.h"
 #include "src/model/backend.h"
+#include "src/model/model.h"
+#include "test_util.h"
 
 namespace frugal {
 namespace {
@@ -572,6 +574,16 @@ TEST(BackendOps, CudaWhenBuilt) {
 
 TEST(BackendOps, UnknownBackendThrows) {
   EXPECT_THROW(backend_by_name("tpu"), Error);
+}
+
+// The model takes its backend from ModelOptions::backend (recipe key device.backend, --device):
+// the CPU by default, a clear error for one that is not built.
+TEST(BackendOps, ModelRunsOnItsOptionsBackend) {
+  const LlamaConfig c = LlamaConfig::preset("tiny");
+  EXPECT_EQ(&LlamaModel(c, ModelOptions{}).backend(), &cpu_backend());
+  ModelOptions mo;
+  mo.backend = "cuda";
+  test_util::expect_error([&] { LlamaModel m(c, mo); }, {"cuda", "not built"});
 }
 
 }  // namespace
