@@ -22,5 +22,7 @@ void rope_backward(float* dx, const int32_t* pos, const RopeTable& t, int N, int
 
 // naive reference: out = x * cos_full + rotate_half(x) * sin_full, as HF apply_rotary_pos_emb.
 void rope_forward_ref(float* out, const float* x, const int32_t* pos, const RopeTable& t, int N, int H, int D);
+// naive reference of the backward: dx = dy * cos_full - rotate_half(dy) * sin_full (= Rᵀ dy).
+void rope_backward_ref(float* dx, const float* dy, const int32_t* pos, const RopeTable& t, int N, int H, int D);
 
 }  // namespace frugal

@@ -13,7 +13,7 @@ const std::vector<std::string>& backend_op_names() {
       "attention_forward", "attention_backward", "attention_decode",
       "swiglu_forward", "swiglu_backward",
       "linear_forward", "linear_backward_input", "linear_backward_weight", "linear_nf4_scratch_elems",
-      "lora_forward", "lora_backward",
+      "lora_forward", "lora_backward", "lora_chunk_rows",
       "lm_head_ce", "lm_head_logits",
       "adamw_update", "grad_sq_sums", "grad_scale",
       "kernel_scratch", "warm_up"};

@@ -102,6 +102,9 @@ class Backend {
   // dA [r,in], dB [out,r], dx [N,in] all +=; u from the forward
   virtual void lora_backward(const LoraDims& d, const float* A, const float* B, const float* u, const bf16* dy,
                              const bf16* x, float* dA, float* dB, float* dx, int N) = 0;
+  // Rows per chunk of the LoRA GEMMs' fp32 scratch for a site [in -> out] and N rows (planner:
+  // the scratch is [rows,in] + [rows,out] + [rows,r] fp32)
+  virtual int lora_chunk_rows(int64_t in, int64_t out, int N) = 0;
 
   // ---- head ----
   // Fused lm_head + CE over x [M,C] bf16, W [V,C] bf16: returns the sum of losses over targets

@@ -123,6 +123,7 @@ class CpuBackend final : public Backend {
                      const bf16* x, float* dA, float* dB, float* dx, int N) override {
     k::lora_backward(d, A, B, u, dy, x, dA, dB, dx, N);
   }
+  int lora_chunk_rows(int64_t in, int64_t out, int N) override { return k::lora_chunk_rows(in, out, N); }
 
   // ---- head ----
   double lm_head_ce(const bf16* x, const bf16* W, const int32_t* targets, int M, int C, int V, float grad_scale,

@@ -40,12 +40,6 @@ bool targeted(const LoraConfig* lora, const char* site) {
   return std::find(t.begin(), t.end(), site) != t.end();
 }
 
-// src/model/lora.cpp chunk_rows: rows per chunk of the LoRA input/grad buffers (4 MB of fp32 each).
-int64_t lora_chunk_rows(int64_t in, int64_t out, int64_t N) {
-  const int64_t rows = (int64_t(1) << 20) / std::max(in, out);
-  return std::clamp<int64_t>(rows, 1, std::max<int64_t>(N, 1));
-}
-
 std::string human(double b) {
   char t[32];
   const double a = std::fabs(b);
@@ -202,13 +196,14 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
     lora_state = 16 * L.total_train_numel();
     lora_note = str(L.total_train_numel(), " trainable x 16 B (w, g, m, v)");
   }
-  // LoRA chunk scratch (src/model/lora.cpp, main thread, kept): xd [rows,in], dyf [rows,out], du [rows,r]
+  // LoRA chunk scratch (the backend's lora_forward/backward, main thread, kept): xd [rows,in],
+  // dyf [rows,out], du [rows,r], rows = Backend::lora_chunk_rows
   size_t lora_scratch = 0;
   {
     size_t b0 = 0, b1 = 0, b2 = 0;
     for (const Site& s : sites_of(c)) {
       if (!targeted(lora, s.name)) continue;
-      const int64_t rows = lora_chunk_rows(s.in, s.out, (int64_t)N);
+      const int64_t rows = cpu_backend().lora_chunk_rows(s.in, s.out, (int)N);
       b0 = std::max(b0, (size_t)rows * s.in);
       b1 = std::max(b1, (size_t)rows * s.out);
       b2 = std::max(b2, (size_t)rows * lora->rank);
