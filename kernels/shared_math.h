@@ -211,7 +211,7 @@ FRUGAL_HD float mul_add_unfused(float a, float b, float c) {
 }
 
 // ---- RoPE ----------------------------------------------------------------------------------
-// [section owned by kernels/rope: inverse frequencies for default/linear/dynamic/yarn/llama3]
+// [section owned by kernels/cpu/rope.cpp and kernels/cuda/rope.cu: inverse frequencies for default/linear/dynamic/yarn/llama3]
 // Mirrors transformers' modeling_rope_utils.py (_compute_{default,linear_scaling,dynamic_ntk,yarn,
 // llama3}_rope_parameters) operation by operation in the same precision: tensor ops in fp32, Python
 // scalars in fp64 and cast to fp32 where they meet a tensor. `scalar / tensor` in torch is
@@ -328,7 +328,7 @@ FRUGAL_HD void rope_inv_freq(const RopeParams& p, int seq_len, float* inv_freq) 
   }
 }
 
-// ---- elementwise (owned by kernels/cpu ops: swiglu, rmsnorm) ----------------------------------
+// ---- elementwise (kernels/cpu/swiglu.cpp, kernels/cpu/rmsnorm.cpp and their kernels/cuda mirrors) ----------------------------------
 FRUGAL_HD float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 // silu(g) = g * sigmoid(g); d silu/dg = s * (1 + g * (1 - s))
 FRUGAL_HD float silu(float g) { return g * sigmoidf_(g); }
@@ -337,7 +337,7 @@ FRUGAL_HD float silu_grad(float g) {
   return s * (1.0f + g * (1.0f - s));
 }
 
-// ---- attention (FlashAttention-2 masks and probabilities; owner: kernels/attention) --------
+// ---- attention (FlashAttention-2 masks and probabilities: kernels/cpu/attention.cpp, kernels/cuda/attention.cu)
 // Bottom-right aligned mask: key j is visible to query i iff j ∈ [c - left, c + right] with
 // c = i + S - T; a negative left/right is unbounded on that side. causal = (-1, 0).
 FRUGAL_HD bool attn_visible(int i, int j, int T, int S, int left, int right) {
@@ -373,5 +373,28 @@ FRUGAL_HD bool attn_tile_unmasked(int i0, int i1, int j0, int j1, int T, int S, 
 FRUGAL_HD float attn_prob(float s, float m) {
   return (s == -INFINITY || m == -INFINITY) ? 0.0f : expf(s - m);
 }
+
+// ---- counter-based randomness (LoRA dropout masks, LoRA init, sampling) -------------------------
+// Every backend draws the same masks: a mask is a pure function of (key, element index).
+// splitmix64 finalizer of z + golden ratio (stream position z)
+FRUGAL_HD uint64_t lora_mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+// Uniform in [0,1) with 24 random bits, element `e` of the stream `key`.
+FRUGAL_HD float counter_uniform(uint64_t key, uint64_t e) {
+  return (float)(lora_mix64(key + e * 0x9E3779B97F4A7C15ull) >> 40) * (1.0f / 16777216.0f);
+}
+// Key of the dropout stream of (seed, optimizer step, micro-batch, layer, site).
+FRUGAL_HD uint64_t lora_mask_key(uint64_t seed, uint64_t step, uint64_t micro, int layer, int site) {
+  uint64_t k = lora_mix64(seed ^ 0x4C6F5241446F7574ull);  // "LoRADout"
+  k = lora_mix64(k ^ step);
+  k = lora_mix64(k ^ micro);
+  return lora_mix64(k ^ ((uint64_t)(uint32_t)layer << 8 | (uint64_t)(uint32_t)site));
+}
+// Dropout keep decision for element e = (mask_row0 + n)·in + i of a LoRA site input x [N,in].
+FRUGAL_HD bool lora_keep(uint64_t key, uint64_t e, float p) { return counter_uniform(key, e) >= p; }
 
 }  // namespace fm

@@ -48,6 +48,8 @@ std::string shape_str(const std::vector<I>& s) {
   return r + "]";
 }
 
+inline constexpr int32_t kIgnoreIndex = -100;  // target value of a position without loss
+
 template <class... A>
 [[noreturn]] void fail(const A&... a) {
   throw Error(str(a...));
@@ -65,6 +67,18 @@ template <class... A>
 
 namespace frugal {
 
+// The allocator of every avector and Buf: 64-byte aligned host memory by default. A backend that
+// wants its host buffers elsewhere (e.g. pinned memory for copies to a device) installs its pair
+// with set_buffer_allocator() once, before the first allocation; nullptrs restore the default.
+// buffer_alloc throws std::bad_alloc.
+using BufferAllocFn = void* (*)(std::size_t bytes);
+using BufferFreeFn = void (*)(void* p);
+void* buffer_alloc(std::size_t bytes);
+void buffer_free(void* p);
+void set_buffer_allocator(BufferAllocFn alloc, BufferFreeFn free);
+void* aligned_host_alloc(std::size_t bytes);  // the default pair (64-byte aligned_alloc / free)
+void aligned_host_free(void* p);
+
 // 64-byte aligned allocator so AVX-512 loads and oneDNN buffers are aligned.
 template <class T, std::size_t Align = 64>
 struct AlignedAllocator {
@@ -76,13 +90,9 @@ struct AlignedAllocator {
   struct rebind {
     using other = AlignedAllocator<U, Align>;
   };
-  T* allocate(std::size_t n) {
-    std::size_t bytes = (n * sizeof(T) + Align - 1) / Align * Align;
-    void* p = std::aligned_alloc(Align, bytes ? bytes : Align);
-    if (!p) throw std::bad_alloc();
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, std::size_t) { std::free(p); }
+  static_assert(Align <= 64, "buffer_alloc aligns to 64 bytes");
+  T* allocate(std::size_t n) { return static_cast<T*>(buffer_alloc(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t) { buffer_free(p); }
   bool operator==(const AlignedAllocator&) const { return true; }
   bool operator!=(const AlignedAllocator&) const { return false; }
 };

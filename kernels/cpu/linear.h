@@ -5,21 +5,10 @@
 // NF4 weights are dequantized tile by tile (a block of rows of W into a bounded bf16 scratch),
 // never the whole matrix.
 #pragma once
-#include "quant/nf4.h"
+#include "kernels/types.h"
 #include "src/common.h"
 
 namespace frugal {
-
-struct FrozenWeight {  // W: [out, in], frozen (no gradient)
-  enum class Kind { BF16, NF4 } kind = Kind::BF16;
-  int64_t out = 0, in = 0;
-  Buf<bf16> w;         // Kind::BF16: [out, in]
-  quant::NF4Tensor q;  // Kind::NF4
-  static FrozenWeight from_bf16(avector<bf16> w, int64_t out, int64_t in);
-  static FrozenWeight quantize_nf4(const bf16* w, int64_t out, int64_t in, int blocksize = 64,
-                                   bool double_quant = true);
-  size_t bytes() const;
-};
 
 // y[M,out] (fp32) = x[M,in] (bf16) · Wᵀ + beta*y
 void linear_forward(float* y, const bf16* x, const FrozenWeight& W, int M, float beta = 0.f);

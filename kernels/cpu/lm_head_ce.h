@@ -7,7 +7,6 @@
 
 namespace frugal {
 
-constexpr int32_t kIgnoreIndex = -100;
 
 // Chunking of the fast path: rows (non-ignored, gathered) x vocab entries per logits chunk.
 // Scratch: [row chunk, vocab chunk] fp32 logits + bf16 gradient (4 MB + 2 MB), plus

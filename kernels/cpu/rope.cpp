@@ -63,6 +63,23 @@ void rope_forward_ref(float* out, const float* x, const int32_t* pos, const Rope
     }
 }
 
+// The transposed rotation: dx = Rᵀ dy, i.e. dx = dy * cos_full - rotate_half(dy) * sin_full.
+void rope_backward_ref(float* dx, const float* dy, const int32_t* pos, const RopeTable& t, int N, int H, int D) {
+  check_args("rope_backward_ref", pos, t, N, D);
+  const int half = D / 2;
+  for (int n = 0; n < N; ++n)
+    for (int h = 0; h < H; ++h) {
+      const float* yr = dy + ((size_t)n * H + h) * D;
+      float* xr = dx + ((size_t)n * H + h) * D;
+      for (int d = 0; d < D; ++d) {
+        int i = d % half;
+        float c = t.cos[(size_t)pos[n] * half + i], s = t.sin[(size_t)pos[n] * half + i];
+        float rot = d < half ? -yr[d + half] : yr[d - half];
+        xr[d] = yr[d] * c - rot * s;
+      }
+    }
+}
+
 // ---- fast path ------------------------------------------------------------------------------
 // x: [N, H, D]; the loop over i is contiguous in x and in the table row, so it vectorizes.
 void rope_forward(float* x, const int32_t* pos, const RopeTable& t, int N, int H, int D) {

@@ -5,15 +5,10 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/types.h"
 #include "src/common.h"
 
 namespace frugal {
-
-// cos/sin: [max_pos, head_dim/2] fp32, already multiplied by the attention factor.
-struct RopeTable {
-  int head_dim = 0, max_pos = 0;
-  avector<float> cos, sin;
-};
 
 // Positions 0..max_pos-1. seq_len selects the dynamic-NTK frequencies (HF uses max(position_ids)+1);
 // other types ignore it. Computed as transformers does: freqs = float(pos) * inv_freq in fp32,
@@ -27,5 +22,7 @@ void rope_backward(float* dx, const int32_t* pos, const RopeTable& t, int N, int
 
 // naive reference: out = x * cos_full + rotate_half(x) * sin_full, as HF apply_rotary_pos_emb.
 void rope_forward_ref(float* out, const float* x, const int32_t* pos, const RopeTable& t, int N, int H, int D);
+// naive reference of the backward: dx = dy * cos_full - rotate_half(dy) * sin_full (= Rᵀ dy).
+void rope_backward_ref(float* dx, const float* dy, const int32_t* pos, const RopeTable& t, int N, int H, int D);
 
 }  // namespace frugal

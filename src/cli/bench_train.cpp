@@ -28,7 +28,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct BenchTrainOptions {
-  std::string preset = "small", quant = "nf4";
+  std::string preset = "small", quant = "nf4", device = "cpu";
   int seq_len = 256, micro_batch = 1, steps = 5, rank = 16;
   bool checkpointing = false, json = false, keep = false;
 };
@@ -78,6 +78,8 @@ void run_bench_train(const BenchTrainOptions& o) {
   tmp.keep = o.keep;
   Recipe r = bench_recipe(o.preset, o.quant, o.rank, o.seq_len, o.micro_batch, o.steps,
                           (fs::path(tmp.path) / "model").string(), (fs::path(tmp.path) / "run").string());
+  r.device_backend = o.device;
+  backend_by_name(r.device_backend);  // an unbuilt backend fails before any work
   r.path = "bench train";
   r.activation_checkpointing = o.checkpointing;
   if (!o.json) std::fprintf(stderr, "bench train: initializing preset %s in %s\n", o.preset.c_str(), tmp.path.c_str());
@@ -155,6 +157,7 @@ void register_bench_train(CLI::App& bench_cmd) {
   sub->add_option("--steps", o->steps, "optimizer steps (median step time reported)")->capture_default_str();
   sub->add_option("--rank", o->rank, "LoRA rank (alpha = 2·rank)")->capture_default_str();
   sub->add_option("--quant", o->quant, "frozen base storage: nf4 | none")->capture_default_str();
+  sub->add_option("--device", o->device, "backend the ops run on: cpu | cuda")->capture_default_str();
   sub->add_flag("--checkpointing", o->checkpointing, "activation checkpointing per block");
   sub->add_flag("--keep", o->keep, "keep the temp dir (model, data, run)");
   sub->add_flag("--json", o->json, "print JSON instead of a table");

@@ -13,8 +13,8 @@
 // on a 0-layer model with the same head and subtracted. FLOPs counted for the block:
 //   linears 4·T·P (forward x·Wᵀ and backward dx = dy·W; frozen W needs no dW; P = linear params)
 //   attention 14·(T²/2)·H·D (causal: forward QKᵀ, PV; backward S recompute, dP, dV, dK, dQ).
-// A per-op breakdown runs the same op sequence as model.cpp's block_forward/block_backward with a
-// timer around each op (the whole-model figure stays the authoritative one).
+// A per-op breakdown runs THE block (src/model/block.h: block_forward/block_backward) with an
+// OpTimer hook around each op (the whole-model figure stays the authoritative one).
 #include <omp.h>
 
 #include <algorithm>
@@ -30,13 +30,11 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/lm_head_ce.h"
-#include "kernels/cpu/rmsnorm.h"
-#include "kernels/cpu/rope.h"
-#include "kernels/cpu/swiglu.h"
 #include "src/cli/cli.h"
 #include "src/common.h"
 #include "src/model/config.h"
 #include "src/model/init.h"
+#include "src/model/block.h"
 #include "src/model/model.h"
 #include "src/cli/bench_train.h"
 #include "src/cli/bench_shard.h"
@@ -53,6 +51,7 @@ struct BenchOpsOptions {
   std::string what = "all";      // all | ops | block
   std::string quant = "both";    // block base weights: both | nf4 | none
   std::string stat = "min";      // min | median over the timed runs
+  std::string device = "cpu";    // backend of the block benchmark (backend_by_name)
   bool json = false;
 };
 
@@ -125,9 +124,10 @@ LlamaConfig block_config(const BenchOpsOptions& o, int layers) {
 }
 
 // A LlamaModel with random bf16 weights (std 0.02, norms = 1), frozen linears NF4 or bf16.
-LlamaModel make_random_model(const LlamaConfig& cfg, QuantMode quant, uint64_t seed) {
+LlamaModel make_random_model(const LlamaConfig& cfg, QuantMode quant, uint64_t seed, const std::string& device) {
   ModelOptions mo;
   mo.quant = quant;
+  mo.backend = device;
   LlamaModel m(cfg, mo);
   const int64_t V = cfg.vocab_size, C = cfg.hidden_size, Q = cfg.q_dim(), KV = cfg.kv_dim();
   const int64_t F = cfg.intermediate_size;
@@ -165,116 +165,56 @@ LlamaModel make_random_model(const LlamaConfig& cfg, QuantMode quant, uint64_t s
   return m;
 }
 
-// Per-op timers: ms accumulated per op name over one pass.
-struct OpTimes {
-  std::vector<std::pair<std::string, double>> ms;  // in first-seen order
-  template <class Fn>
-  void run(const std::string& name, Fn&& f) {
-    auto a = std::chrono::steady_clock::now();
-    f();
-    double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count();
+// Per-op timers: the block's OpTimer hook (src/model/block.h), ms accumulated per op name over
+// one pass, in first-seen order. The backend is synchronized around each op.
+struct OpTimes final : OpTimer {
+  explicit OpTimes(Backend& be) : be_(be) {}
+  std::vector<std::pair<std::string, double>> ms;
+  void begin(const char* op) override {
+    be_.synchronize();
+    op_ = op;
+    t0_ = std::chrono::steady_clock::now();
+  }
+  void end() override {
+    be_.synchronize();
+    const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
     for (auto& e : ms)
-      if (e.first == name) {
+      if (e.first == op_) {
         e.second += t;
         return;
       }
-    ms.emplace_back(name, t);
+    ms.emplace_back(op_, t);
   }
+
+ private:
+  Backend& be_;
+  const char* op_ = "";
+  std::chrono::steady_clock::time_point t0_;
 };
 
-// One forward + backward of block 0 of `m`, op by op, the sequence of model.cpp's block_forward /
-// block_backward (frozen linears: no dW, no re-derived GEMM inputs). x: [T,C] block input.
+// One forward + backward of block 0 of `m` through THE block (block_forward / block_backward of
+// src/model/block.h) with a timer around each op; the upstream gradient of the backward is the
+// block input itself (any [N,C] values do). x: [T,C] block input.
 OpTimes block_pass_timed(LlamaModel& m, const float* x, int T) {
   const LlamaConfig& cfg = m.config();
-  LlamaBlock& blk = m.blocks[0];
-  const int N = T, C = cfg.hidden_size, Q = cfg.q_dim(), KV = cfg.kv_dim(), F = cfg.intermediate_size;
-  const int H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, D = cfg.head_dim;
-  const size_t NC = (size_t)N * C, NF = (size_t)N * F;
-  static thread_local struct Bufs {
-    avector<float> y, rstd1, rstd2, q, k, v, att, lse, h, gate, up, act, dres, dtmp, dn, dact, dgate, dup,
-        dq, dk, dv, datt;
-    avector<bf16> n1, n2, xbf, dybf;
-  } bb;
-  auto sz = [](auto& v, size_t n) { if (v.size() != n) v.assign(n, {}); };
-  sz(bb.y, NC), sz(bb.rstd1, N), sz(bb.rstd2, N), sz(bb.q, (size_t)N * Q), sz(bb.k, (size_t)N * KV);
-  sz(bb.v, (size_t)N * KV), sz(bb.att, (size_t)N * Q), sz(bb.lse, (size_t)N * H), sz(bb.h, NC);
-  sz(bb.gate, NF), sz(bb.up, NF), sz(bb.act, NF), sz(bb.dres, NC), sz(bb.dtmp, NC), sz(bb.dn, NC);
-  sz(bb.dact, NF), sz(bb.dgate, NF), sz(bb.dup, NF), sz(bb.dq, (size_t)N * Q), sz(bb.dk, (size_t)N * KV);
-  sz(bb.dv, (size_t)N * KV), sz(bb.datt, (size_t)N * Q), sz(bb.n1, NC), sz(bb.n2, NC);
-  sz(bb.xbf, (size_t)N * std::max(Q, F)), sz(bb.dybf, (size_t)N * std::max({C, Q, F}));
-  RopeTable rope = rope_table(cfg.rope, T, T);
+  Backend& be = m.backend();
+  const size_t N = T, NC = N * cfg.hidden_size;
+  static thread_local BlockActs acts;
+  static thread_local BlockScratch scratch;
+  static thread_local avector<float> y, dres;
+  acts.resize(cfg, N);
+  scratch.resize(cfg, N, true);
+  y.resize(NC), dres.resize(NC);
+  RopeTable rope = be.rope_table(cfg.rope, T, T);
   std::vector<int32_t> pos(N);
-  for (int i = 0; i < N; i++) pos[i] = i;
-  AttnShape s{1, T, T, H, Hkv, D, 1.0f / std::sqrt((float)D), -1, 0};
-  const float eps = cfg.rms_norm_eps;
-  OpTimes t;
-  auto add = [](float* y, const float* a, size_t n) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < (int64_t)n; i++) y[i] += a[i];
-  };
-  // forward
-  t.run("rmsnorm fwd", [&] { rmsnorm_forward(bb.y.data(), bb.rstd1.data(), x, blk.ln1.w.data(), N, C, eps); });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.y.data(), bb.n1.data(), NC); });
-  t.run("linear fwd q,k,v", [&] {
-    linear_forward(bb.q.data(), bb.n1.data(), blk.q.W, N);
-    linear_forward(bb.k.data(), bb.n1.data(), blk.k.W, N);
-    linear_forward(bb.v.data(), bb.n1.data(), blk.v.W, N);
-  });
-  t.run("rope fwd", [&] {
-    rope_forward(bb.q.data(), pos.data(), rope, N, H, D);
-    rope_forward(bb.k.data(), pos.data(), rope, N, Hkv, D);
-  });
-  t.run("attention fwd", [&] {
-    attention_forward(bb.att.data(), bb.lse.data(), bb.q.data(), bb.k.data(), bb.v.data(), s);
-  });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.att.data(), bb.xbf.data(), (size_t)N * Q); });
-  t.run("residual copy/add", [&] { std::memcpy(bb.h.data(), x, NC * sizeof(float)); });
-  t.run("linear fwd o", [&] { linear_forward(bb.h.data(), bb.xbf.data(), blk.o.W, N, 1.f); });
-  t.run("rmsnorm fwd", [&] { rmsnorm_forward(bb.y.data(), bb.rstd2.data(), bb.h.data(), blk.ln2.w.data(), N, C, eps); });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.y.data(), bb.n2.data(), NC); });
-  t.run("linear fwd gate,up", [&] {
-    linear_forward(bb.gate.data(), bb.n2.data(), blk.gate.W, N);
-    linear_forward(bb.up.data(), bb.n2.data(), blk.up.W, N);
-  });
-  t.run("swiglu fwd", [&] { swiglu_forward(bb.act.data(), bb.gate.data(), bb.up.data(), NF); });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.act.data(), bb.xbf.data(), NF); });
-  t.run("residual copy/add", [&] { std::memcpy(bb.y.data(), bb.h.data(), NC * sizeof(float)); });
-  t.run("linear fwd down", [&] { linear_forward(bb.y.data(), bb.xbf.data(), blk.down.W, N, 1.f); });
-  // backward of sum(y · g) with a fixed upstream gradient g = x (any [N,C] values do)
-  std::memcpy(bb.dres.data(), x, NC * sizeof(float));
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.dres.data(), bb.dybf.data(), NC); });
-  t.run("linear bwd down", [&] { linear_backward_input(bb.dact.data(), bb.dybf.data(), blk.down.W, N); });
-  t.run("swiglu bwd", [&] {
-    swiglu_backward(bb.dgate.data(), bb.dup.data(), bb.dact.data(), bb.gate.data(), bb.up.data(), NF);
-  });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.dgate.data(), bb.dybf.data(), NF); });
-  t.run("linear bwd gate,up", [&] { linear_backward_input(bb.dn.data(), bb.dybf.data(), blk.gate.W, N); });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.dup.data(), bb.dybf.data(), NF); });
-  t.run("linear bwd gate,up", [&] { linear_backward_input(bb.dn.data(), bb.dybf.data(), blk.up.W, N, 1.f); });
-  t.run("rmsnorm bwd", [&] {
-    rmsnorm_backward(bb.dtmp.data(), nullptr, bb.dn.data(), bb.h.data(), blk.ln2.w.data(), bb.rstd2.data(), N, C);
-  });
-  t.run("residual copy/add", [&] { add(bb.dres.data(), bb.dtmp.data(), NC); });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.dres.data(), bb.dybf.data(), NC); });
-  t.run("linear bwd o", [&] { linear_backward_input(bb.datt.data(), bb.dybf.data(), blk.o.W, N); });
-  t.run("attention bwd", [&] {
-    attention_backward(bb.dq.data(), bb.dk.data(), bb.dv.data(), bb.datt.data(), bb.q.data(), bb.k.data(),
-                       bb.v.data(), bb.att.data(), bb.lse.data(), s);
-  });
-  t.run("rope bwd", [&] {
-    rope_backward(bb.dq.data(), pos.data(), rope, N, H, D);
-    rope_backward(bb.dk.data(), pos.data(), rope, N, Hkv, D);
-  });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.dq.data(), bb.dybf.data(), (size_t)N * Q); });
-  t.run("linear bwd q,k,v", [&] { linear_backward_input(bb.dn.data(), bb.dybf.data(), blk.q.W, N); });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.dk.data(), bb.dybf.data(), (size_t)N * KV); });
-  t.run("linear bwd q,k,v", [&] { linear_backward_input(bb.dn.data(), bb.dybf.data(), blk.k.W, N, 1.f); });
-  t.run("fp32->bf16", [&] { float_to_bf16(bb.dv.data(), bb.dybf.data(), (size_t)N * KV); });
-  t.run("linear bwd q,k,v", [&] { linear_backward_input(bb.dn.data(), bb.dybf.data(), blk.v.W, N, 1.f); });
-  t.run("rmsnorm bwd", [&] {
-    rmsnorm_backward(bb.dtmp.data(), nullptr, bb.dn.data(), x, blk.ln1.w.data(), bb.rstd1.data(), N, C);
-  });
-  t.run("residual copy/add", [&] { add(bb.dres.data(), bb.dtmp.data(), NC); });
+  for (size_t i = 0; i < N; i++) pos[i] = (int32_t)i;
+  CausalAttention attn(cfg, 1, T);
+  OpTimes t(be);
+  BlockPass p;
+  p.B = 1, p.T = T, p.pos = pos.data(), p.rope = &rope, p.attention = &attn, p.timer = &t;
+  block_forward(be, cfg, m.blocks[0], 0, p, x, acts, scratch, y.data());
+  be.copy(dres.data(), x, NC * sizeof(float));
+  block_backward(be, cfg, m.blocks[0], 0, p, x, acts, scratch, dres.data());
   return t;
 }
 
@@ -291,7 +231,8 @@ struct BlockResult {
 BlockResult bench_block(const BenchOpsOptions& o, QuantMode quant) {
   const int T = o.tokens, R = o.repeat;
   LlamaConfig c1 = block_config(o, 1), c0 = block_config(o, 0);
-  LlamaModel m1 = make_random_model(c1, quant, 42), m0 = make_random_model(c0, quant, 42);
+  LlamaModel m1 = make_random_model(c1, quant, 42, o.device),
+             m0 = make_random_model(c0, quant, 42, o.device);
   BlockResult r;
   r.quant = quant == QuantMode::NF4 ? "nf4" : "bf16";
   r.frozen_bytes = m1.memory_report().frozen_linear_bytes;
@@ -335,6 +276,7 @@ BlockResult bench_block(const BenchOpsOptions& o, QuantMode quant) {
 void run_bench_ops(const BenchOpsOptions& o) {
   const int T = o.tokens, C = o.hidden, F = o.ffn, H = o.heads, Hkv = o.kv_heads, D = o.head_dim;
   const int V = o.vocab, R = o.repeat;
+  backend_by_name(o.device);  // an unbuilt backend fails before any work
   FRUGAL_CHECK(T > 0 && C > 0 && F > 0 && H > 0 && Hkv > 0 && D > 0 && V > 0 && R > 0 && o.block_vocab > 0,
                "bench ops: all sizes and --repeat must be positive");
   FRUGAL_CHECK(H % Hkv == 0, "bench ops: --heads ", H, " is not a multiple of --kv-heads ", Hkv);
@@ -545,6 +487,7 @@ void register_bench(CLI::App& app) {
   ops->add_option("--quant", o->quant, "block base weights: both | nf4 | none")->capture_default_str();
   ops->add_option("--block-vocab", o->block_vocab, "vocab of the 1-layer model of the block benchmark")
       ->capture_default_str();
+  ops->add_option("--device", o->device, "backend of the block benchmark: cpu | cuda")->capture_default_str();
   ops->add_flag("--json", o->json, "print JSON instead of a table");
   ops->callback([o] { run_bench_ops(*o); });
   register_bench_train(*bench);  // frugal bench train (src/cli/bench_train.cpp)

@@ -38,7 +38,7 @@ static bool is_hdf5_file(const std::string& path) {  // HDF5 superblock signatur
 void register_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Mean next-token loss and perplexity on a token-id file");
   struct Opts {
-    std::string model, data, adapter, quant = "none";
+    std::string model, data, adapter, quant = "none", device = "cpu";
     int seq_len = 0, batch = 1;
     bool json = false;
   };
@@ -51,10 +51,12 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--seq-len", o->seq_len, "window length (default min(1024, max_position_embeddings))");
   cmd->add_option("--batch", o->batch, "windows per forward");
   cmd->add_option("--quant", o->quant, "frozen linear storage: none | nf4");
+  cmd->add_option("--device", o->device, "backend the ops run on: cpu | cuda")->capture_default_str();
   cmd->add_flag("--json", o->json, "print one JSON object");
   cmd->callback([o]() {
     ModelOptions mo;
     mo.quant = parse_quant_mode(o->quant);
+    mo.backend = backend_by_name(o->device).name();  // an unbuilt backend fails before loading
     LlamaModel m = LlamaModel::load(o->model, mo);
     if (!o->adapter.empty()) load_peft_adapter(m, o->adapter);
     const int seq_len = o->seq_len > 0 ? o->seq_len : std::min(1024, m.config().max_position_embeddings);

@@ -22,7 +22,7 @@ namespace frugal {
 namespace {
 
 struct GenerateArgs {
-  std::string model, adapter, quant = "none", prompt, system, tmpl = "auto";
+  std::string model, adapter, quant = "none", prompt, system, tmpl = "auto", device = "cpu";
   bool chat = false;
   int max_new_tokens = 128;
   float temperature = 0.7f, top_p = 0.9f;
@@ -40,6 +40,7 @@ void add_stop(std::vector<int32_t>& stops, int32_t id) {
 }
 
 void run_generate(const GenerateArgs& a) {
+  backend_by_name(a.device);  // an unbuilt backend fails before any work
   SamplingParams sp;
   sp.temperature = a.temperature;
   sp.top_p = a.top_p;
@@ -81,6 +82,7 @@ void run_generate(const GenerateArgs& a) {
 
   ModelOptions mo;
   mo.quant = parse_quant_mode(a.quant);
+  mo.backend = backend_by_name(a.device).name();
   LlamaModel m = LlamaModel::load(a.model, mo);
   if (!a.adapter.empty()) load_peft_adapter(m, a.adapter);
   const int V = m.config().vocab_size;
@@ -134,6 +136,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--model", o->model, "model dir (config.json, safetensors, tokenizer.json)")->required();
   cmd->add_option("--adapter", o->adapter, "PEFT LoRA adapter dir");
   cmd->add_option("--quant", o->quant, "frozen linear storage: none | nf4")->capture_default_str();
+  cmd->add_option("--device", o->device, "backend the ops run on: cpu | cuda")->capture_default_str();
   cmd->add_option("--prompt", o->prompt, "prompt text")->required();
   cmd->add_flag("--chat", o->chat, "render the prompt as a user turn with the chat template");
   cmd->add_option("--system", o->system, "system message (with --chat)");

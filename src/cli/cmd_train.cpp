@@ -22,7 +22,7 @@ namespace frugal {
 
 namespace {
 struct TrainArgs {
-  std::string recipe, resume;
+  std::string recipe, resume, device;
   std::vector<std::string> sets;
   int64_t max_steps = -1;
   bool dry_run = false, quiet = false;
@@ -41,7 +41,10 @@ std::string memory_plan(const Recipe& r) {
 }
 
 void run_train(const TrainArgs& a) {
-  const Recipe r = Recipe::load(a.recipe, a.sets);
+  std::vector<std::string> sets = a.sets;
+  if (!a.device.empty()) sets.push_back("device.backend=" + a.device);  // --device = --set device.backend=
+  const Recipe r = Recipe::load(a.recipe, sets);
+  backend_by_name(r.device_backend);  // an unbuilt backend fails before any work
   const bool rank0 = mpi_world_rank() == 0;  // under mpirun every rank runs this; one talks
   if (a.dry_run) {
     if (rank0) {
@@ -75,6 +78,7 @@ void register_train(CLI::App& app) {
   sub->add_option("--set", a->sets, "override a recipe key: --set lora.rank=32 (repeatable)");
   sub->add_option("--resume", a->resume, "checkpoint to continue from, or 'auto' (output_dir/checkpoints/latest)");
   sub->add_option("--max-steps", a->max_steps, "stop after optimizer step N (the LR schedule still spans train.steps)");
+  sub->add_option("--device", a->device, "backend the ops run on: cpu | cuda (overrides device.backend)");
   sub->add_flag("--dry-run", a->dry_run, "print the effective recipe and the per-rank memory plan (as frugal plan), then exit");
   sub->add_flag("-q,--quiet", a->quiet, "no progress output (metrics.jsonl is still written)");
   sub->callback([a] { run_train(*a); });

@@ -12,7 +12,6 @@
 namespace frugal {
 
 inline constexpr const char* kTokensFormat = "frugal-tokens-v1";
-inline constexpr int32_t kIgnoreIndex = -100;  // target value of a position without loss
 
 struct TokenDataset {
   std::vector<int32_t> tokens;     // [n_tokens]

@@ -1,5 +1,5 @@
-// generate.cpp: KV-cache decoder and sampling (see generate.h). The per-block math mirrors
-// LlamaModel::block_forward (model.cpp) op for op, so prefill/step logits match
+// generate.cpp: KV-cache decoder and sampling (see generate.h). The decoder is LlamaModel's own
+// block (src/model/block.h) with KvCacheAttention as its attention, so prefill/step logits match
 // LlamaModel::logits() up to fp32 summation order (tests/test_generate.cpp).
 #include "src/model/generate.h"
 
@@ -10,11 +10,6 @@
 #include <ctime>
 #include <numeric>
 
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/gemm.h"
-#include "kernels/cpu/rmsnorm.h"
-#include "kernels/cpu/swiglu.h"
 #include "src/model/lora.h"
 
 namespace frugal {
@@ -27,49 +22,46 @@ void ensure(avector<T>& v, size_t n) {
     v.resize(n);
   }
 }
+}  // namespace
 
-// Single query row against the cache: out[H,D] = softmax(scale·q·Kᵀ) V over keys 0..S-1 (all
-// visible: the new token is the last one). q: [H,D]; K, V: [S,Hkv,D]; scores: [H, >=S] scratch.
-// Plain two-pass softmax in fp32; the result equals attention_forward's online softmax up to
-// summation order.
-void attention_decode(float* out, const float* q, const float* K, const float* V, int S, int H,
-                      int Hkv, int D, float scale, float* scores, int ld_scores) {
-  const int group = H / Hkv;
-  // Threads only when there is real work: a parallel region costs a barrier, which on a busy
-  // (oversubscribed) machine can cost more than a short cache scan.
-  const bool par = (int64_t)S * H * D >= (1 << 18);
-#pragma omp parallel for schedule(static) if (par)
-  for (int h = 0; h < H; h++) {
-    const float* qh = q + (size_t)h * D;
-    const int kh = h / group;
-    float* sc = scores + (size_t)h * ld_scores;
-    float mx = -INFINITY;
-    for (int j = 0; j < S; j++) {
-      const float* kj = K + ((size_t)j * Hkv + kh) * D;
-      float d = 0.f;
-      for (int i = 0; i < D; i++) d += qh[i] * kj[i];
-      sc[j] = d * scale;
-      mx = std::max(mx, sc[j]);
-    }
-    float sum = 0.f;
-    for (int j = 0; j < S; j++) {
-      sc[j] = std::exp(sc[j] - mx);
-      sum += sc[j];
-    }
-    float* oh = out + (size_t)h * D;
-    std::fill(oh, oh + D, 0.f);
-    for (int j = 0; j < S; j++) {
-      const float* vj = V + ((size_t)j * Hkv + kh) * D;
-      const float p = sc[j] / sum;
-      for (int i = 0; i < D; i++) oh[i] += p * vj[i];
-    }
+// ---- the KV cache as an attention strategy -----------------------------------------------------
+
+KvCacheAttention::KvCacheAttention(const LlamaConfig& c, int max_seq)
+    : max_seq_(max_seq), H_(c.num_attention_heads), Hkv_(c.num_key_value_heads), D_(c.head_dim) {
+  const size_t kv = (size_t)max_seq * c.kv_dim();
+  kc_.resize(c.num_hidden_layers);
+  vc_.resize(c.num_hidden_layers);
+  for (int l = 0; l < c.num_hidden_layers; l++) kc_[l].resize(kv), vc_[l].resize(kv);
+  scores_.resize((size_t)H_ * max_seq);
+}
+
+void KvCacheAttention::forward(Backend& be, int layer, const float* q, const float* k, const float* v,
+                               float* att, float* lse) {
+  const size_t KV = (size_t)Hkv_ * D_;
+  const int S = past + T;  // keys visible to the last row
+  const float scale = 1.0f / std::sqrt((float)D_);
+  float* K = kc_[layer].data();  // [max_seq, Hkv, D]
+  float* V = vc_[layer].data();
+  be.copy(K + (size_t)past * KV, k, (size_t)T * KV * sizeof(float));
+  be.copy(V + (size_t)past * KV, v, (size_t)T * KV * sizeof(float));
+  if (T == 1) {
+    be.attention_decode(att, q, K, V, S, H_, Hkv_, D_, scale, scores_.data(), max_seq_);
+  } else {
+    // bottom-right aligned causal mask: row t sees keys 0..past+t
+    AttnShape s{1, T, S, H_, Hkv_, D_, scale, -1, 0};
+    be.attention_forward(att, lse, q, K, V, s);  // att: [T,Q]
   }
 }
-}  // namespace
+
+void KvCacheAttention::backward(Backend&, int, float*, float*, float*, const float*, const float*,
+                                const float*, const float*, const float*, const float*) {
+  fail("KV-cache attention is for generation only: it has no backward");
+}
 
 // ---- Generator ---------------------------------------------------------------------------------
 
-Generator::Generator(LlamaModel& m, int max_seq) : m_(m), max_seq_(max_seq) {
+Generator::Generator(LlamaModel& m, int max_seq)
+    : m_(m), be_(m.backend()), max_seq_(max_seq), attn_(m.config(), std::max(max_seq, 1)) {
   const LlamaConfig& c = m.config();
   FRUGAL_CHECK(!m.blocks.empty(), "Generator: model has no weights loaded");
   if (max_seq < 1 || max_seq > c.max_position_embeddings)
@@ -77,12 +69,7 @@ Generator::Generator(LlamaModel& m, int max_seq) : m_(m), max_seq_(max_seq) {
          c.max_position_embeddings, "]");
   // Positions 0..max_seq-1. seq_len = max_seq: identical tables to the model's for every RoPE
   // type whose frequencies do not depend on the sequence length (all but dynamic NTK).
-  rope_ = rope_table(c.rope, max_seq, max_seq);
-  const size_t kv = (size_t)max_seq * c.kv_dim();
-  kc_.resize(c.num_hidden_layers);
-  vc_.resize(c.num_hidden_layers);
-  for (int l = 0; l < c.num_hidden_layers; l++) kc_[l].resize(kv), vc_[l].resize(kv);
-  scores_.resize((size_t)c.num_attention_heads * max_seq);
+  rope_ = be_.rope_table(c.rope, max_seq, max_seq);
   logits_.resize(c.vocab_size);
   // No LoRA dropout at inference (a model used for training before may still be in train mode).
   for (auto& blk : m.blocks)
@@ -95,11 +82,10 @@ void Generator::reset() { pos_ = 0; }
 void Generator::ensure_rows(int T) {
   if (T <= cap_T_) return;
   const LlamaConfig& c = m_.config();
-  const size_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
-  ensure(x_, T * C), ensure(y_, T * C), ensure(h_, T * C), ensure(q_, T * Q);
-  ensure(k_, T * KV), ensure(v_, T * KV), ensure(att_, T * Q);
-  ensure(lse_, (size_t)T * c.num_attention_heads), ensure(gate_, T * F), ensure(up_, T * F);
-  ensure(act_, T * F), ensure(rstd_, T), ensure(n_bf_, T * C), ensure(x_bf_, T * std::max(Q, F));
+  const size_t C = c.hidden_size;
+  acts_.resize(c, (size_t)T);
+  scratch_.resize(c, (size_t)T, false);
+  ensure(x_, T * C), ensure(y_, T * C), ensure(rstd_, 1), ensure(xf_bf_, C);
   cap_T_ = T;
 }
 
@@ -110,61 +96,32 @@ const float* Generator::prefill(const std::vector<int32_t>& ids) {
 
 const float* Generator::step(int32_t id) { return forward(&id, 1); }
 
-// ids: [T] at positions pos_..pos_+T-1. Each block as LlamaModel::block_forward, with the keys
-// and values of the new rows appended to the cache and attention reading the whole cache.
+// ids: [T] at positions pos_..pos_+T-1: the embedding, then every block (attention through the
+// cache), then the head on the last row.
 const float* Generator::forward(const int32_t* ids, int T) {
   const LlamaConfig& c = m_.config();
   if (pos_ + T > max_seq_)
     fail("generation: ", pos_, " cached + ", T, " new tokens exceed the cache of ", max_seq_, " tokens");
   ensure_rows(T);
-  const int C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
-  const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim, V = c.vocab_size;
-  const float eps = c.rms_norm_eps, scale = 1.0f / std::sqrt((float)D);
+  const int C = c.hidden_size, V = c.vocab_size;
   posv_.resize(T);
   for (int t = 0; t < T; t++) posv_[t] = pos_ + t;
-  const int S = pos_ + T;  // keys visible to the last row
+  attn_.past = pos_;
+  attn_.T = T;
+  BlockPass p;
+  p.B = 1, p.T = T, p.pos = posv_.data(), p.rope = &rope_, p.attention = &attn_;
 
-  embedding_forward(x_.data(), ids, m_.embed.data(), T, C, V);  // x: [T,C]
+  be_.embedding_forward(x_.data(), ids, m_.embed.data(), T, C, V);  // x: [T,C]
   for (int l = 0; l < c.num_hidden_layers; l++) {
-    LlamaBlock& blk = m_.blocks[l];
-    // attention half
-    rmsnorm_forward(y_.data(), rstd_.data(), x_.data(), blk.ln1.w.data(), T, C, eps);
-    float_to_bf16(y_.data(), n_bf_.data(), (size_t)T * C);
-    linear_site_forward(blk.q, n_bf_.data(), q_.data(), T);  // q: [T,Q]
-    linear_site_forward(blk.k, n_bf_.data(), k_.data(), T);  // k: [T,KV]
-    linear_site_forward(blk.v, n_bf_.data(), v_.data(), T);  // v: [T,KV]
-    rope_forward(q_.data(), posv_.data(), rope_, T, H, D);
-    rope_forward(k_.data(), posv_.data(), rope_, T, Hkv, D);
-    float* K = kc_[l].data();  // [max_seq, Hkv, D]
-    float* Vc = vc_[l].data();
-    std::memcpy(K + (size_t)pos_ * KV, k_.data(), (size_t)T * KV * sizeof(float));
-    std::memcpy(Vc + (size_t)pos_ * KV, v_.data(), (size_t)T * KV * sizeof(float));
-    if (T == 1) {
-      attention_decode(att_.data(), q_.data(), K, Vc, S, H, Hkv, D, scale, scores_.data(), max_seq_);
-    } else {
-      // bottom-right aligned causal mask: row t sees keys 0..pos_+t
-      AttnShape s{1, T, S, H, Hkv, D, scale, -1, 0};
-      attention_forward(att_.data(), lse_.data(), q_.data(), K, Vc, s);  // att: [T,Q]
-    }
-    float_to_bf16(att_.data(), x_bf_.data(), (size_t)T * Q);
-    std::memcpy(h_.data(), x_.data(), (size_t)T * C * sizeof(float));
-    linear_site_forward(blk.o, x_bf_.data(), h_.data(), T, 1.f);  // h = x + att·Woᵀ
-    // MLP half
-    rmsnorm_forward(y_.data(), rstd_.data(), h_.data(), blk.ln2.w.data(), T, C, eps);
-    float_to_bf16(y_.data(), n_bf_.data(), (size_t)T * C);
-    linear_site_forward(blk.gate, n_bf_.data(), gate_.data(), T);  // gate: [T,F]
-    linear_site_forward(blk.up, n_bf_.data(), up_.data(), T);      // up: [T,F]
-    swiglu_forward(act_.data(), gate_.data(), up_.data(), (size_t)T * F);
-    float_to_bf16(act_.data(), x_bf_.data(), (size_t)T * F);
-    std::memcpy(x_.data(), h_.data(), (size_t)T * C * sizeof(float));
-    linear_site_forward(blk.down, x_bf_.data(), x_.data(), T, 1.f);  // x = h + act·Wdᵀ
+    block_forward(be_, c, m_.blocks[l], l, p, x_.data(), acts_, scratch_, y_.data());  // y: [T,C]
+    std::swap(x_, y_);
   }
   pos_ += T;
   // final norm and lm_head on the last row only: logits[V] = norm(x_last)·lm_headᵀ
   const float* xl = x_.data() + (size_t)(T - 1) * C;
-  rmsnorm_forward(y_.data(), rstd_.data(), xl, m_.norm.w.data(), 1, C, eps);
-  float_to_bf16(y_.data(), n_bf_.data(), (size_t)C);
-  gemm_bf16(false, true, 1, V, C, 1.f, n_bf_.data(), C, m_.lm_head_weight(), C, 0.f, logits_.data(), V);
+  be_.rmsnorm_forward(y_.data(), rstd_.data(), xl, m_.norm.w.data(), 1, C, c.rms_norm_eps);
+  be_.to_bf16(y_.data(), xf_bf_.data(), (size_t)C);
+  be_.lm_head_logits(logits_.data(), xf_bf_.data(), m_.lm_head_weight(), 1, C, V);
   return logits_.data();
 }
 

@@ -1,13 +1,13 @@
 // generate.h: autoregressive decoding with a KV cache, and token sampling.
 //
-// Generator runs the same math as LlamaModel's forward (model.h: RMSNorm, q/k/v through
-// linear_site_forward so NF4 / bf16 weights and LoRA adapters apply alike, RoPE at each token's
-// absolute position, causal GQA attention, SwiGLU MLP, final norm, lm_head) but keeps every
-// layer's post-RoPE keys and values in a cache K/V[L]: [max_seq, Hkv, D] fp32, so a new token
-// costs one row through the network instead of the whole sequence:
+// Generator runs LlamaModel's own decoder block (src/model/block.h: the same block_forward, so NF4 /
+// bf16 weights and LoRA adapters apply alike) on the model's backend, with KvCacheAttention as the
+// block's attention strategy: it keeps every layer's post-RoPE keys and values in a cache
+// K/V[L]: [max_seq, Hkv, D] fp32, so a new token costs one row through the network instead of the
+// whole sequence:
 //   prefill(ids): T prompt tokens in one batched forward (attention_forward with S = past + T,
 //                 bottom-right causal mask), returns the logits of the last position [V];
-//   step(id):     one token at position past, attention as a dot-product loop over the cache.
+//   step(id):     one token at position past, the backend's attention_decode over the cache.
 // Only the logits row of the last position is computed ([T,V] never exists).
 //
 // Sampling: temperature 0 = greedy (argmax, lowest id on ties); otherwise softmax(logits/τ),
@@ -20,11 +20,27 @@
 #include <functional>
 #include <vector>
 
-#include "kernels/cpu/rope.h"
 #include "src/common.h"
 #include "src/model/model.h"
 
 namespace frugal {
+
+// The block's attention over a KV cache: forward appends the new rows' k, v (after RoPE) at
+// positions past..past+T-1 of layer `layer`'s cache, then attends from the T new queries to all
+// past + T keys (bottom-right causal mask; one row: attention_decode). No backward.
+struct KvCacheAttention final : AttentionStrategy {
+  KvCacheAttention(const LlamaConfig& c, int max_seq);
+  int past = 0, T = 0;  // this forward: tokens already cached, new rows
+  void forward(Backend& be, int layer, const float* q, const float* k, const float* v, float* att,
+               float* lse) override;
+  void backward(Backend& be, int layer, float* dq, float* dk, float* dv, const float* datt, const float* q,
+                const float* k, const float* v, const float* att, const float* lse) override;
+
+ private:
+  int max_seq_, H_, Hkv_, D_;
+  std::vector<avector<float>> kc_, vc_;  // per layer [max_seq, Hkv, D]
+  avector<float> scores_;                // [H, max_seq] single-token attention scores
+};
 
 class Generator {
  public:
@@ -42,13 +58,14 @@ class Generator {
 
  private:
   LlamaModel& m_;
-  int max_seq_, pos_ = 0, cap_T_ = 0;  // cap_T_: rows the scratch buffers hold
+  Backend& be_;
+  int max_seq_, pos_ = 0, cap_T_ = 0;  // cap_T_: rows the buffers hold
   RopeTable rope_;                     // positions 0..max_seq-1
-  std::vector<avector<float>> kc_, vc_;  // per layer [max_seq, Hkv, D]
-  // scratch for T rows (see model.cpp block_forward for the same buffers)
-  avector<float> x_, y_, h_, q_, k_, v_, att_, lse_, gate_, up_, act_, rstd_, logits_;
-  avector<float> scores_;              // [H, max_seq] single-token attention scores
-  avector<bf16> n_bf_, x_bf_;
+  KvCacheAttention attn_;
+  BlockActs acts_;                     // one block's activations for cap_T_ rows (src/model/block.h)
+  BlockScratch scratch_;
+  avector<float> x_, y_, rstd_, logits_;  // block input / output [T,C], final norm, logits [V]
+  avector<bf16> xf_bf_;                // [C] last row, normed, bf16
   std::vector<int32_t> posv_;
   const float* forward(const int32_t* ids, int T);
   void ensure_rows(int T);

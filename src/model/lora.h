@@ -5,16 +5,15 @@
 //   dA[r,in]  += duᵀ·dropout(x)   dx[N,in] += mask ⊙ (du·A) / (1-p)
 // PEFT init: A ~ kaiming_uniform(a=√5) = U(-1/√in, 1/√in), B = 0 (the adapter starts as a no-op).
 //
-// Precision (deliberate): the LoRA GEMMs run in fp32 (kernels/cpu/gemm_f32) straight from the fp32
-// master weights. One of their dimensions is r ≪ d, so they cost ~2r/d of the frozen GEMM of the
-// same site (r=16, d=4096: <1%), and fp32 keeps the small LoRA gradients free of bf16 rounding
-// noise (only the site's input x and output gradient dy arrive in bf16, as for the base GEMM).
-// The bf16 copies A_bf/B_bf are therefore not used on the CPU and stay empty;
-// sync_compute_copies() keeps the optimizer-facing contract (call it after every update) so a
-// bf16 compute path (e.g. CUDA) can fill them without changing the trainer.
+// Precision (deliberate): the LoRA GEMMs run in fp32 (the backend's lora_forward/backward; on the
+// CPU kernels/cpu/lora.h) straight from the fp32 master weights. One of their dimensions is r ≪ d,
+// so they cost ~2r/d of the frozen GEMM of the same site (r=16, d=4096: <1%), and fp32 keeps the
+// small LoRA gradients free of bf16 rounding noise (only the site's input x and output gradient dy
+// arrive in bf16, as for the base GEMM). sync_compute_copies() is the optimizer-facing contract
+// (call it after every update) for a backend that keeps compute copies of A and B.
 //
 // Dropout masks are a pure function of (seed, step, micro-batch, layer, site, element) through a
-// counter-based hash (splitmix64), so runs are reproducible, resumable and independent of the
+// counter-based hash (splitmix64, kernels/shared_math.h: every backend draws the same masks), so runs are reproducible, resumable and independent of the
 // thread count; backward regenerates the mask instead of storing it. No dropout outside training.
 #pragma once
 #include <cstdint>
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "src/common.h"
+#include "src/model/backend.h"
 
 namespace frugal {
 
@@ -55,7 +55,6 @@ struct LoraAdapter {  // y += scale · (dropout(x)·Aᵀ)·Bᵀ ; A: [r, in], B:
   float scale = 1.f;
   float dropout = 0.f;
   Buf<float> A, B, dA, dB;      // fp32 master weights [r,in], [out,r] and their grads (FSDP: views)
-  avector<bf16> A_bf, B_bf;     // bf16 compute copies: unused by the fp32 CPU path (see above)
   void sync_compute_copies();
 
   // ---- set by the model (dropout stream and saved activations) ----
@@ -71,34 +70,25 @@ struct LoraAdapter {  // y += scale · (dropout(x)·Aᵀ)·Bᵀ ; A: [r, in], B:
   LoraAdapter() = default;
   LoraAdapter(int r, int64_t in, int64_t out, float scale, float dropout);
   bool dropout_active() const { return training && dropout > 0.f; }
-  size_t weight_bytes() const { return (A.size() + B.size()) * sizeof(float) + (A_bf.size() + B_bf.size()) * sizeof(bf16); }
+  size_t weight_bytes() const { return (A.size() + B.size()) * sizeof(float); }
+  LoraDims dims() const;        // shapes, scale and this pass's dropout stream for the backend
   size_t grad_bytes() const { return (dA.size() + dB.size()) * sizeof(float); }
 };
 
-// ---- counter-based randomness ----
-// splitmix64 finalizer of z + golden ratio (stream position z)
-inline uint64_t lora_mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-// Uniform in [0,1) with 24 random bits, element `e` of the stream `key`.
-inline float counter_uniform(uint64_t key, uint64_t e) {
-  return (float)(lora_mix64(key + e * 0x9E3779B97F4A7C15ull) >> 40) * (1.0f / 16777216.0f);
-}
-uint64_t lora_mask_key(uint64_t seed, uint64_t step, uint64_t micro, int layer, int site);
-// Dropout keep decision for element e = (mask_row0 + n)·in + i of the site input x [N,in].
-inline bool lora_keep(uint64_t key, uint64_t e, float p) { return counter_uniform(key, e) >= p; }
+// ---- counter-based randomness (kernels/shared_math.h: every backend draws the same masks) ----
+using fm::counter_uniform;
+using fm::lora_keep;
+using fm::lora_mask_key;
+using fm::lora_mix64;
 // PEFT init of A (U(-1/√in, 1/√in)), deterministic in (seed, layer, site), B = 0.
 void lora_init(LoraAdapter& a, uint64_t seed);
 
 // ---- forward / backward (called from linear_site_forward / _backward) ----
 // y[N,out] += s·(dropout(x)·Aᵀ)·Bᵀ and saves u = dropout(x)·Aᵀ [N,r].   x: [N,in] bf16
-void lora_forward(LoraAdapter& a, const bf16* x, float* y, int N);
+void lora_forward(Backend& be, LoraAdapter& a, const bf16* x, float* y, int N);
 // With u from the matching lora_forward: dB += s·dyᵀ·u, dA += duᵀ·dropout(x), dx += dropout'(du·A)
 // where du = s·dy·B.   dy: [N,out] bf16, x: [N,in] bf16, dx: [N,in] fp32 (accumulated).
-void lora_backward(LoraAdapter& a, const bf16* dy, const bf16* x, float* dx, int N);
+void lora_backward(Backend& be, LoraAdapter& a, const bf16* dy, const bf16* x, float* dx, int N);
 
 // ---- reference (fp64, the truth for tests) ----
 // y[N,out] = x·Wᵀ + s·(m⊙x/(1-p))·Aᵀ·Bᵀ with W: [out,in], m = the adapter's current mask

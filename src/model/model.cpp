@@ -1,5 +1,6 @@
-// model.cpp: LlamaForCausalLM forward / backward on the CPU (see model.h for the math, the
-// shifted-target convention and what is saved per block). Loading lives in model_load.cpp.
+// model.cpp: LlamaForCausalLM forward / backward (see model.h for the math, the shifted-target
+// convention and what is saved per block): embedding, the blocks (src/model/block.h), the head.
+// Every op runs on the model's Backend. Loading lives in model_load.cpp.
 #include "src/model/model.h"
 
 #include <algorithm>
@@ -7,21 +8,10 @@
 #include <cmath>
 #include <cstring>
 
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/gemm.h"
-#include "kernels/cpu/lm_head_ce.h"
-#include "kernels/cpu/rmsnorm.h"
-#include "kernels/cpu/swiglu.h"
 
 namespace frugal {
 
 // ---- small helpers ---------------------------------------------------------------------------
-
-static void add_inplace(float* y, const float* x, size_t n) {  // y += x
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < (int64_t)n; i++) y[i] += x[i];
-}
 
 template <class T>
 static void ensure(avector<T>& v, size_t n) {
@@ -51,31 +41,14 @@ int64_t count_targets(const int32_t* targets, size_t n) {
   return c;
 }
 
-// ---- the linear call site (LoRA attaches here) ----------------------------------------------
-
-void linear_site_forward(const LinearSite& L, const bf16* x, float* y, int N, float beta) {
-  linear_forward(y, x, L.W, N, beta);  // y[N,out] = x[N,in]·Wᵀ + beta·y
-  if (L.lora) lora_forward(*L.lora, x, y, N);  // y += s·(dropout(x)·Aᵀ)·Bᵀ, saves u [N,r]
-}
-
-void linear_site_backward(LinearSite& L, const bf16* dy, const bf16* x, float* dx, int N, float beta) {
-  linear_backward_input(dx, dy, L.W, N, beta);  // dx[N,in] = dy[N,out]·W + beta·dx
-  if (L.lora) lora_backward(*L.lora, dy, x, dx, N);  // dA, dB +=; dx += dropout'(s·dy·B·A)
-  if (L.trainable) {
-    FRUGAL_CHECK(x != nullptr, "linear ", L.name, " is trainable but its input was not provided");
-    linear_backward_weight(L.grad.data(), dy, x, N, L.W.out, L.W.in);  // grad[out,in] += dyᵀ·x
-  }
-}
-
 // ---- buffers ------------------------------------------------------------------------------------
 
 void LlamaModel::prepare(int B, int T, bool for_backward) {
   FRUGAL_CHECK(B > 0 && T > 0, "batch shape B=", B, " T=", T);
   FRUGAL_CHECK(!blocks.empty() || cfg_.num_hidden_layers == 0, "model has no weights loaded");
-  const int L = cfg_.num_hidden_layers, C = cfg_.hidden_size, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
-  const int F = cfg_.intermediate_size, H = cfg_.num_attention_heads;
+  const int L = cfg_.num_hidden_layers, C = cfg_.hidden_size;
   const size_t N = (size_t)B * T;
-  if (T != T_ || rope_.max_pos != T) rope_ = rope_table(cfg_.rope, T, T);
+  if (T != T_ || rope_.max_pos != T) rope_ = be_->rope_table(cfg_.rope, T, T);
   B_ = B;
   T_ = T;
   pos_.resize(N);
@@ -86,23 +59,12 @@ void LlamaModel::prepare(int B, int T, bool for_backward) {
   for (auto& x : xs_) ensure(x, N * C);
   // per-block activations: one set per block, or one scratch set (eval / checkpointing)
   acts_.resize(for_backward && !opt_.checkpoint ? L : 1);
-  for (auto& a : acts_) {
-    ensure(a.rstd1, N), ensure(a.rstd2, N);
-    ensure(a.q, N * Q), ensure(a.k, N * KV), ensure(a.v, N * KV), ensure(a.att, N * Q);
-    ensure(a.lse, N * H), ensure(a.h, N * C), ensure(a.gate, N * F), ensure(a.up, N * F);
-    ensure(a.n1, N * C), ensure(a.n2, N * C);
-  }
+  for (auto& a : acts_) a.resize(cfg_, N);
+  scratch_.resize(cfg_, N, for_backward);
   ensure(rstdf_, N);
   ensure(xf_bf_, N * C);
   ensure(tmpC_, N * C);
-  ensure(act_, N * F);
-  ensure(x_bf_, N * std::max(Q, F));
-  if (for_backward) {
-    ensure(d_x0_, N * C), ensure(dres_, N * C), ensure(dtmp_, N * C), ensure(dn_, N * C);
-    ensure(dact_, N * F), ensure(dgate_, N * F), ensure(dup_, N * F);
-    ensure(dq_, N * Q), ensure(dk_, N * KV), ensure(dv_, N * KV), ensure(datt_, N * Q);
-    ensure(dy_bf_, N * std::max({C, Q, F}));
-  }
+  if (for_backward) ensure(d_x0_, N * C), ensure(dres_, N * C);
 }
 
 void LlamaModel::embed_input(const Batch& b, float* x0) {
@@ -110,83 +72,15 @@ void LlamaModel::embed_input(const Batch& b, float* x0) {
   const size_t N = (size_t)b.B * b.T;
   FRUGAL_CHECK((b.ids != nullptr) != (b.embeds != nullptr), "batch needs exactly one of ids or embeds");
   if (b.ids)
-    embedding_forward(x0, b.ids, embed.data(), (int)N, C, cfg_.vocab_size);  // x0: [N,C]
+    be_->embedding_forward(x0, b.ids, embed.data(), (int)N, C, cfg_.vocab_size);  // x0: [N,C]
   else
-    std::memcpy(x0, b.embeds, N * C * sizeof(float));
+    be_->copy(x0, b.embeds, N * C * sizeof(float));
 }
 
-// ---- one decoder block ----------------------------------------------------------------------------
-
-// x: [N,C] block input, y: [N,C] block output (also used as fp32 scratch before the end).
-void LlamaModel::block_forward(int l, const float* x, BlockActs& a, float* y) {
-  LlamaBlock& blk = blocks[l];
-  const int N = B_ * T_, C = cfg_.hidden_size, Q = cfg_.q_dim();
-  const int F = cfg_.intermediate_size, H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
-  const int D = cfg_.head_dim;
-  // attention half
-  rmsnorm_forward(y, a.rstd1.data(), x, blk.ln1.w.data(), N, C, cfg_.rms_norm_eps);  // y: normed [N,C]
-  float_to_bf16(y, a.n1.data(), (size_t)N * C);                                     // n1: [N,C] bf16
-  linear_site_forward(blk.q, a.n1.data(), a.q.data(), N);                            // q: [N,Q]
-  linear_site_forward(blk.k, a.n1.data(), a.k.data(), N);                            // k: [N,KV]
-  linear_site_forward(blk.v, a.n1.data(), a.v.data(), N);                            // v: [N,KV]
-  rope_forward(a.q.data(), pos_.data(), rope_, N, H, D);
-  rope_forward(a.k.data(), pos_.data(), rope_, N, Hkv, D);
-  AttnShape s{B_, T_, T_, H, Hkv, D, 1.0f / std::sqrt((float)D), -1, 0};
-  attention_forward(a.att.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), s);  // att: [N,Q]
-  float_to_bf16(a.att.data(), x_bf_.data(), (size_t)N * Q);
-  std::memcpy(a.h.data(), x, (size_t)N * C * sizeof(float));
-  linear_site_forward(blk.o, x_bf_.data(), a.h.data(), N, 1.f);  // h = x + att·Woᵀ
-  // MLP half
-  rmsnorm_forward(y, a.rstd2.data(), a.h.data(), blk.ln2.w.data(), N, C, cfg_.rms_norm_eps);
-  float_to_bf16(y, a.n2.data(), (size_t)N * C);                   // n2: [N,C] bf16
-  linear_site_forward(blk.gate, a.n2.data(), a.gate.data(), N);   // gate: [N,F]
-  linear_site_forward(blk.up, a.n2.data(), a.up.data(), N);       // up: [N,F]
-  swiglu_forward(act_.data(), a.gate.data(), a.up.data(), (size_t)N * F);
-  float_to_bf16(act_.data(), x_bf_.data(), (size_t)N * F);
-  std::memcpy(y, a.h.data(), (size_t)N * C * sizeof(float));
-  linear_site_forward(blk.down, x_bf_.data(), y, N, 1.f);         // y = h + act·Wdᵀ
-}
-
-// dres: [N,C] d(loss)/d(block output) in, d(loss)/d(block input) out. x: the block input.
-void LlamaModel::block_backward(int l, const float* x, BlockActs& a, float* dres) {
-  LlamaBlock& blk = blocks[l];
-  const int N = B_ * T_, C = cfg_.hidden_size, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
-  const int F = cfg_.intermediate_size, H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
-  const int D = cfg_.head_dim;
-  const size_t NC = (size_t)N * C, NF = (size_t)N * F;
-  // y = h + down(silu(gate)·up)
-  float_to_bf16(dres, dy_bf_.data(), NC);
-  if (blk.down.needs_input()) {  // re-derive the bf16 input of down_proj
-    swiglu_forward(act_.data(), a.gate.data(), a.up.data(), NF);
-    float_to_bf16(act_.data(), x_bf_.data(), NF);
-  }
-  linear_site_backward(blk.down, dy_bf_.data(), x_bf_.data(), dact_.data(), N);  // dact: [N,F]
-  swiglu_backward(dgate_.data(), dup_.data(), dact_.data(), a.gate.data(), a.up.data(), NF);
-  float_to_bf16(dgate_.data(), dy_bf_.data(), NF);
-  linear_site_backward(blk.gate, dy_bf_.data(), a.n2.data(), dn_.data(), N, 0.f);  // dn: [N,C]
-  float_to_bf16(dup_.data(), dy_bf_.data(), NF);
-  linear_site_backward(blk.up, dy_bf_.data(), a.n2.data(), dn_.data(), N, 1.f);
-  rmsnorm_backward(dtmp_.data(), blk.ln2.trainable ? blk.ln2.grad.data() : nullptr, dn_.data(),
-                   a.h.data(), blk.ln2.w.data(), a.rstd2.data(), N, C);
-  add_inplace(dres, dtmp_.data(), NC);  // dres = dL/dh
-  // h = x + o_proj(attention(rope(q), rope(k), v))
-  float_to_bf16(dres, dy_bf_.data(), NC);
-  if (blk.o.needs_input()) float_to_bf16(a.att.data(), x_bf_.data(), (size_t)N * Q);
-  linear_site_backward(blk.o, dy_bf_.data(), x_bf_.data(), datt_.data(), N);  // datt: [N,Q]
-  AttnShape s{B_, T_, T_, H, Hkv, D, 1.0f / std::sqrt((float)D), -1, 0};
-  attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
-                     a.v.data(), a.att.data(), a.lse.data(), s);
-  rope_backward(dq_.data(), pos_.data(), rope_, N, H, D);
-  rope_backward(dk_.data(), pos_.data(), rope_, N, Hkv, D);
-  float_to_bf16(dq_.data(), dy_bf_.data(), (size_t)N * Q);
-  linear_site_backward(blk.q, dy_bf_.data(), a.n1.data(), dn_.data(), N, 0.f);
-  float_to_bf16(dk_.data(), dy_bf_.data(), (size_t)N * KV);
-  linear_site_backward(blk.k, dy_bf_.data(), a.n1.data(), dn_.data(), N, 1.f);
-  float_to_bf16(dv_.data(), dy_bf_.data(), (size_t)N * KV);
-  linear_site_backward(blk.v, dy_bf_.data(), a.n1.data(), dn_.data(), N, 1.f);
-  rmsnorm_backward(dtmp_.data(), blk.ln1.trainable ? blk.ln1.grad.data() : nullptr, dn_.data(), x,
-                   blk.ln1.w.data(), a.rstd1.data(), N, C);
-  add_inplace(dres, dtmp_.data(), NC);  // dres = dL/dx
+BlockPass LlamaModel::pass(CausalAttention& attn) {
+  BlockPass p;
+  p.B = B_, p.T = T_, p.pos = pos_.data(), p.rope = &rope_, p.attention = &attn;
+  return p;
 }
 
 // ---- head: final norm + fused lm_head/CE ------------------------------------------------------
@@ -201,8 +95,8 @@ ForwardStats LlamaModel::head_loss(const Batch& b, const float* xf, float grad_s
     if (t != kIgnoreIndex && (t < 0 || t >= V))
       fail("target ", t, " at batch ", i / T_, " position ", i % T_, " is outside [0, ", V, ")");
   }
-  rmsnorm_forward(tmpC_.data(), rstdf_.data(), xf, norm.w.data(), N, C, cfg_.rms_norm_eps);
-  float_to_bf16(tmpC_.data(), xf_bf_.data(), (size_t)N * C);  // xf_bf: [N,C] bf16
+  be_->rmsnorm_forward(tmpC_.data(), rstdf_.data(), xf, norm.w.data(), N, C, cfg_.rms_norm_eps);
+  be_->to_bf16(tmpC_.data(), xf_bf_.data(), (size_t)N * C);  // xf_bf: [N,C] bf16
   ForwardStats st;
   st.n_targets = count_targets(b.targets, (size_t)N);
   if (grad_scale <= 0.f) grad_scale = st.n_targets ? 1.0f / (float)st.n_targets : 0.f;
@@ -211,11 +105,12 @@ ForwardStats LlamaModel::head_loss(const Batch& b, const float* xf, float grad_s
     if (cfg_.tie_word_embeddings && embed_trainable) dW = embed_grad.data();
     if (!cfg_.tie_word_embeddings && lm_head_trainable) dW = lm_head_grad.data();
   }
-  st.loss_sum = lm_head_ce(xf_bf_.data(), lm_head_weight(), b.targets, N, C, V, grad_scale,
-                           with_grad ? dn_.data() : nullptr, dW, losses);
+  float* dxf = scratch_.dn.data();  // [N,C] d(loss)/d(normed xf)
+  st.loss_sum = be_->lm_head_ce(xf_bf_.data(), lm_head_weight(), b.targets, N, C, V, grad_scale,
+                                with_grad ? dxf : nullptr, dW, losses);
   if (with_grad)
-    rmsnorm_backward(dres_.data(), norm.trainable ? norm.grad.data() : nullptr, dn_.data(), xf,
-                     norm.w.data(), rstdf_.data(), N, C);
+    be_->rmsnorm_backward(dres_.data(), norm.trainable ? norm.grad.data() : nullptr, dxf, xf,
+                          norm.w.data(), rstdf_.data(), N, C);
   return st;
 }
 
@@ -228,9 +123,11 @@ const float* LlamaModel::run_eval(const Batch& b) {
   acquire(0);
   embed_input(b, xs_[0].data());
   release(0);
+  CausalAttention attn(cfg_, B_, T_);
+  const BlockPass p = pass(attn);
   for (int l = 0; l < L; l++) {
     acquire(1 + l);
-    block_forward(l, xs_[l % 2].data(), acts_[0], xs_[(l + 1) % 2].data());
+    block_forward(*be_, cfg_, blocks[l], l, p, xs_[l % 2].data(), acts_[0], scratch_, xs_[(l + 1) % 2].data());
     release(1 + l);
   }
   return xs_[L % 2].data();
@@ -257,9 +154,12 @@ ForwardStats LlamaModel::forward_backward(const Batch& b, float grad_scale) {
   acquire(0);
   embed_input(b, xs_[0].data());
   release(0);
+  CausalAttention attn(cfg_, B_, T_);
+  const BlockPass p = pass(attn);
   for (int l = 0; l < L; l++) {
     acquire(1 + l);
-    block_forward(l, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], xs_[l + 1].data());
+    block_forward(*be_, cfg_, blocks[l], l, p, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], scratch_,
+                  xs_[l + 1].data());
     release(1 + l);
   }
   acquire(L + 1);
@@ -268,14 +168,15 @@ ForwardStats LlamaModel::forward_backward(const Batch& b, float grad_scale) {
   for (int l = L - 1; l >= 0; l--) {
     acquire(1 + l);
     if (opt_.checkpoint)  // recompute this block's activations from its saved input
-      block_forward(l, xs_[l].data(), acts_[0], tmpC_.data());
-    block_backward(l, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], dres_.data());
+      block_forward(*be_, cfg_, blocks[l], l, p, xs_[l].data(), acts_[0], scratch_, tmpC_.data());
+    block_backward(*be_, cfg_, blocks[l], l, p, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], scratch_,
+                   dres_.data());
     release(1 + l);
   }
   if (hooks_) hooks_->end_pass();
-  std::memcpy(d_x0_.data(), dres_.data(), NC * sizeof(float));  // d(loss)/d(input embeds)
+  be_->copy(d_x0_.data(), dres_.data(), NC * sizeof(float));  // d(loss)/d(input embeds)
   if (b.ids && embed_trainable)
-    embedding_backward(embed_grad.data(), d_x0_.data(), b.ids, b.B * b.T, cfg_.hidden_size,
+    be_->embedding_backward(embed_grad.data(), d_x0_.data(), b.ids, b.B * b.T, cfg_.hidden_size,
                        cfg_.vocab_size);
   return st;
 }
@@ -285,10 +186,9 @@ void LlamaModel::logits(const Batch& b, float* out) {
   const float* xf = run_eval(b);
   const int N = B_ * T_, C = cfg_.hidden_size, V = cfg_.vocab_size;
   acquire(cfg_.num_hidden_layers + 1);
-  rmsnorm_forward(tmpC_.data(), rstdf_.data(), xf, norm.w.data(), N, C, cfg_.rms_norm_eps);
-  float_to_bf16(tmpC_.data(), xf_bf_.data(), (size_t)N * C);
-  // out[N,V] = xf_bf[N,C] · lm_headᵀ
-  gemm_bf16(false, true, N, V, C, 1.f, xf_bf_.data(), C, lm_head_weight(), C, 0.f, out, V);
+  be_->rmsnorm_forward(tmpC_.data(), rstdf_.data(), xf, norm.w.data(), N, C, cfg_.rms_norm_eps);
+  be_->to_bf16(tmpC_.data(), xf_bf_.data(), (size_t)N * C);
+  be_->lm_head_logits(out, xf_bf_.data(), lm_head_weight(), N, C, V);  // out[N,V] = xf_bf·lm_headᵀ
   release(cfg_.num_hidden_layers + 1);
   if (hooks_) hooks_->end_pass();
 }
@@ -367,7 +267,7 @@ void LlamaModel::add_master(const std::string& n) {
 }
 
 void LlamaModel::zero_grad() {
-  auto z = [](auto& g) { std::fill(g.begin(), g.end(), 0.f); };
+  auto z = [&](auto& g) { be_->zero(g.data(), g.size()); };
   for (auto& blk : blocks) {
     for (LinearSite* s : blk.sites()) z(s->grad);
     z(blk.ln1.grad), z(blk.ln2.grad);
@@ -404,13 +304,9 @@ MemoryReport LlamaModel::memory_report() const {
   r.master_bytes += fb(embed_master) + fb(lm_head_master);
   r.embedding_bytes = fb(embed) + fb(lm_head_w);
   for (const auto& x : xs_) r.activation_bytes += fb(x);
-  for (const auto& a : acts_)
-    r.activation_bytes += fb(a.rstd1) + fb(a.q) + fb(a.k) + fb(a.v) + fb(a.att) + fb(a.lse) +
-                          fb(a.h) + fb(a.rstd2) + fb(a.gate) + fb(a.up) + fb(a.n1) + fb(a.n2);
-  for (const auto* v : {&rstdf_, &tmpC_, &act_, &d_x0_, &dres_, &dtmp_, &dact_, &dgate_, &dup_, &dq_,
-                        &dk_, &dv_, &datt_, &dn_})
-    r.activation_bytes += fb(*v);
-  r.activation_bytes += fb(xf_bf_) + fb(x_bf_) + fb(dy_bf_);
+  for (const auto& a : acts_) r.activation_bytes += a.bytes();
+  for (const auto* v : {&rstdf_, &tmpC_, &d_x0_, &dres_}) r.activation_bytes += fb(*v);
+  r.activation_bytes += fb(xf_bf_) + scratch_.bytes();
   return r;
 }
 

@@ -1,7 +1,8 @@
-// model.h: LlamaForCausalLM (SPEC §2) on the CPU: load from an HF model dir, forward, fused
-// lm_head + cross-entropy loss, full backward, optional activation checkpointing per block.
+// model.h: LlamaForCausalLM (SPEC §2) on a Backend (src/model/backend.h; the CPU by default):
+// load from an HF model dir, forward, fused lm_head + cross-entropy loss, full backward, optional
+// activation checkpointing per block.
 //
-// Per block (x: [N, C] fp32, N = B·T tokens):
+// Embedding, then per block (src/model/block.h, x: [N, C] fp32, N = B·T tokens):
 //   n = rmsnorm(x)·ln1; q,k,v = n·Wq/k/vᵀ; rope(q,k); a = attention(q,k,v) (causal, GQA);
 //   h = x + a·Woᵀ; m = rmsnorm(h)·ln2; y = h + (silu(m·Wgᵀ) ⊙ m·Wuᵀ)·Wdᵀ
 // then final norm and the lm_head (tied to embed_tokens when tie_word_embeddings).
@@ -32,9 +33,9 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/rope.h"
 #include "src/common.h"
+#include "src/model/backend.h"
+#include "src/model/block.h"
 #include "src/model/config.h"
 #include "src/model/lora.h"
 #include "src/model/params.h"
@@ -49,6 +50,7 @@ struct ModelOptions {
   int nf4_blocksize = 64;
   bool nf4_double_quant = true;
   bool checkpoint = false;            // activation checkpointing per block
+  std::string backend = "cpu";        // the Backend the model runs its ops on (backend_by_name)
 };
 
 // Loss aggregate over one call; add them up across windows / micro-batches.
@@ -63,41 +65,12 @@ struct ForwardStats {
   }
 };
 
-// One decoder linear call site: the frozen base weight plus its optional LoRA adapter.
-struct LinearSite {
-  std::string name;        // HF tensor name, e.g. model.layers.0.self_attn.q_proj.weight
-  FrozenWeight W;          // [out, in]
-  bool trainable = false;
-  avector<float> grad;     // [out, in] fp32, allocated only when trainable
-  avector<float> master;   // [out, in] fp32 master weight (full fine-tuning, add_master), else empty
-  std::unique_ptr<LoraAdapter> lora;  // y += s·(dropout(x)·Aᵀ)·Bᵀ when set (src/model/lora.h)
-  // backward needs the bf16 input of the GEMM (for dW, or for LoRA's dA)
-  bool needs_input() const { return trainable || lora != nullptr; }
-};
-
-// An RMSNorm weight, fp32 [C], with an fp32 gradient when trainable (a trainable norm is its own
-// fp32 master weight).
-struct NormParam {
-  std::string name;
-  Buf<float> w;            // [C]
-  bool trainable = false;
-  avector<float> grad;     // [C] when trainable
-};
-
-struct LlamaBlock {
-  NormParam ln1, ln2;      // input_layernorm, post_attention_layernorm
-  LinearSite q, k, v, o, gate, up, down;
-  // the 7 linears in site order q,k,v,o,gate,up,down (= lora_site_names())
-  std::array<LinearSite*, 7> sites() { return {&q, &k, &v, &o, &gate, &up, &down}; }
-  std::array<const LinearSite*, 7> sites() const { return {&q, &k, &v, &o, &gate, &up, &down}; }
-};
-
 struct MemoryReport {
   size_t frozen_linear_bytes = 0;  // decoder linears (NF4 or bf16)
   size_t frozen_linear_params = 0;
   size_t embedding_bytes = 0;      // embed_tokens (+ lm_head when untied), bf16
   size_t norm_bytes = 0;           // fp32 norm weights
-  size_t lora_bytes = 0;           // LoRA master weights A, B (fp32) (+ bf16 copies if any)
+  size_t lora_bytes = 0;           // LoRA master weights A, B (fp32)
   size_t lora_params = 0;
   size_t grad_bytes = 0;           // gradient buffers of trainable tensors (incl. LoRA dA, dB)
   size_t master_bytes = 0;         // fp32 master weights of trainable bf16 tensors (add_master)
@@ -133,7 +106,9 @@ class LlamaModel {
   // frugal::Error naming the tensor and the file/dir.
   static LlamaModel load(const std::string& dir, const ModelOptions& opt = {});
   // An empty model of that config (weights unset); load() fills it.
-  LlamaModel(const LlamaConfig& cfg, const ModelOptions& opt) : cfg_(cfg), opt_(opt) {}
+  // The backend is opt.backend (backend_by_name: an unknown or unbuilt one throws).
+  LlamaModel(const LlamaConfig& cfg, const ModelOptions& opt)
+      : cfg_(cfg), opt_(opt), be_(&backend_by_name(opt.backend)) {}
 
   // The model's structure (names, shapes, NF4 metadata) without any weight storage: FSDP binds
   // the tensors to gathered unit buffers just in time (set_unit_hooks).
@@ -144,6 +119,7 @@ class LlamaModel {
   const LlamaConfig& config() const { return cfg_; }
   const ModelOptions& options() const { return opt_; }
   void set_checkpointing(bool on) { opt_.checkpoint = on; }
+  Backend& backend() const { return *be_; }
 
   // Marks an HF tensor as trainable (allocates its gradient). Supported: every decoder linear
   // weight, norm weights, model.embed_tokens.weight, lm_head.weight (untied). Unknown: throws.
@@ -213,12 +189,9 @@ class LlamaModel {
   const bf16* lm_head_weight() const { return cfg_.tie_word_embeddings ? embed.data() : lm_head_w.data(); }
 
  private:
-  struct BlockActs {  // see the header comment for shapes
-    avector<float> rstd1, q, k, v, att, lse, h, rstd2, gate, up;
-    avector<bf16> n1, n2;
-  };
   LlamaConfig cfg_;
   ModelOptions opt_;
+  Backend* be_;                              // every op runs here (src/model/backend.h)
   std::unique_ptr<LoraConfig> lora_cfg_;     // set by add_lora
   UnitHooks* hooks_ = nullptr;               // FSDP (null: weights are resident)
   void acquire(int u) { if (hooks_) hooks_->acquire(u); }
@@ -232,31 +205,22 @@ class LlamaModel {
   std::vector<int32_t> pos_;                 // [N] position of each token (t)
   std::vector<avector<float>> xs_;           // L+1 block inputs [N,C]; xs_[L] = final hidden
   std::vector<BlockActs> acts_;              // L (or 1 scratch when checkpointing / eval)
+  BlockScratch scratch_;                     // one block pass's scratch (src/model/block.h)
   avector<float> rstdf_;                     // [N] final norm
   avector<bf16> xf_bf_;                      // [N,C] final normed hidden, bf16
   avector<float> tmpC_;                      // [N,C] fp32 scratch
-  avector<float> act_;                       // [N,F] silu(gate)·up scratch
-  avector<bf16> x_bf_;                       // [N,max(Q,F)] bf16 input of o_proj / down_proj
   avector<float> d_x0_;                      // [N,C] grad of the block-0 input (= input embeds)
-  // backward scratch
-  avector<float> dres_, dtmp_, dact_, dgate_, dup_, dq_, dk_, dv_, datt_, dn_;
-  avector<bf16> dy_bf_;                      // [N,max(C,Q,F)] bf16 output grads for the GEMMs
+  avector<float> dres_;                      // [N,C] the residual stream's gradient
 
   void prepare(int B, int T, bool for_backward);
   void embed_input(const Batch& b, float* x0);
-  void block_forward(int l, const float* x, BlockActs& a, float* y);
-  void block_backward(int l, const float* x, BlockActs& a, float* dres_inout);
+  BlockPass pass(CausalAttention& attn);    // this batch's pass over the blocks
   const float* run_eval(const Batch& b);     // forward without saving; returns the final hidden [N,C]
   ForwardStats head_loss(const Batch& b, const float* xf, float grad_scale, bool with_grad, float* losses);
   LinearSite* find_linear(const std::string& hf_name);
   void add_lora(const LoraConfig& cfg, uint64_t seed, bool allocate);
   NormParam* find_norm(const std::string& hf_name);
 };
-
-// The per-linear call site (LoRA attaches here): y[N,out] = x[N,in]·Wᵀ (+ beta·y).
-void linear_site_forward(const LinearSite& L, const bf16* x, float* y, int N, float beta = 0.f);
-// dx[N,in] = dy[N,out]·W + beta·dx; if trainable, grad += dyᵀ·x (x: the forward's bf16 input).
-void linear_site_backward(LinearSite& L, const bf16* dy, const bf16* x, float* dx, int N, float beta = 0.f);
 
 // HF labels [B,T] -> shifted targets [B,T]: targets[b,t] = labels[b,t+1], targets[b,T-1] = -100.
 std::vector<int32_t> shift_labels(const int32_t* labels, int B, int T);

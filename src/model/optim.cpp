@@ -1,12 +1,9 @@
-// optim.cpp: AdamW, gradient norm / clipping, LR schedules (see optim.h for the math).
+// optim.cpp: AdamW, gradient norm / clipping, LR schedules (see optim.h for the math). The element
+// loops run on the backend (kernels/cpu/adamw.h on the CPU) over fixed chunks made here.
 #include "src/model/optim.h"
 
-#include <omp.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include <cmath>
+#include <cstring>
 
 namespace frugal {
 
@@ -30,60 +27,14 @@ std::vector<Chunk> make_chunks(const std::vector<ParamRef>& params) {
   return out;
 }
 
-struct AdamWScalars {
-  float decay, w1, beta2, one_m_b2, neg_step, bc2_sqrt, eps;
-};
-
-// One contiguous range of one param, torch's order of fp32 operations (see optim.h).
-// kSmall: torch's lerp takes fma(weight, end-start, start) when weight < 0.5, else
-// fma(weight-1, end-start, end) (its vectorized CPU kernel).
-template <bool kSmall>
-inline float adamw_elem(float& w, float g, float& m, float& v, const AdamWScalars& k) {
-  const float wi = w * k.decay;  // decoupled weight decay first
-  const float mi = kSmall ? std::fma(k.w1, g - m, m) : std::fma(k.w1 - 1.f, g - m, g);
-  float vi = v * k.beta2;         // exp_avg_sq.mul_(beta2)
-  vi = vi + k.one_m_b2 * g * g;   // .addcmul_(g, g, value=1-beta2)
-  const float denom = std::sqrt(vi) / k.bc2_sqrt + k.eps;
-  w = wi + k.neg_step * mi / denom;  // .addcdiv_(m, denom, value=-step_size)
-  m = mi;
-  v = vi;
-  return w;
-}
-
-template <bool kSmall>
-void adamw_chunk(float* __restrict w, const float* __restrict g, float* __restrict m, float* __restrict v,
-                 size_t n, const AdamWScalars k) {
-  size_t i = 0;
-#if defined(__AVX512F__)
-  // The same operations 16 lanes at a time (the scalar loop does not vectorize: sqrtf may set
-  // errno). Tail elements take the scalar path; which path an element takes depends only on its
-  // position in the param, never on the thread count.
-  const __m512 decay = _mm512_set1_ps(k.decay), w1 = _mm512_set1_ps(kSmall ? k.w1 : k.w1 - 1.f);
-  const __m512 beta2 = _mm512_set1_ps(k.beta2), omb2 = _mm512_set1_ps(k.one_m_b2);
-  const __m512 nstep = _mm512_set1_ps(k.neg_step), bc2s = _mm512_set1_ps(k.bc2_sqrt), eps = _mm512_set1_ps(k.eps);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 gi = _mm512_loadu_ps(g + i), mo = _mm512_loadu_ps(m + i);
-    const __m512 wi = _mm512_mul_ps(_mm512_loadu_ps(w + i), decay);
-    const __m512 mi = _mm512_fmadd_ps(w1, _mm512_sub_ps(gi, mo), kSmall ? mo : gi);
-    __m512 vi = _mm512_mul_ps(_mm512_loadu_ps(v + i), beta2);
-    vi = _mm512_add_ps(vi, _mm512_mul_ps(_mm512_mul_ps(omb2, gi), gi));
-    const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2s), eps);
-    _mm512_storeu_ps(w + i, _mm512_add_ps(wi, _mm512_div_ps(_mm512_mul_ps(nstep, mi), denom)));
-    _mm512_storeu_ps(m + i, mi);
-    _mm512_storeu_ps(v + i, vi);
-  }
-#endif
-  for (; i < n; ++i) adamw_elem<kSmall>(w[i], g[i], m[i], v[i], k);
-}
-
 }  // namespace
 
-std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const AdamWConfig& adamw) {
-  if (name == "adamw") return std::make_unique<AdamW>(adamw);
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const AdamWConfig& adamw, Backend& be) {
+  if (name == "adamw") return std::make_unique<AdamW>(adamw, be);
   fail("optim.name: unknown optimizer '", name, "' (expected adamw)");
 }
 
-AdamW::AdamW(const AdamWConfig& c) : cfg_(c) {
+AdamW::AdamW(const AdamWConfig& c, Backend& be) : cfg_(c), be_(&be) {
   FRUGAL_CHECK(c.beta1 >= 0.f && c.beta1 < 1.f, "AdamW beta1 must be in [0, 1), got ", c.beta1);
   FRUGAL_CHECK(c.beta2 >= 0.f && c.beta2 < 1.f, "AdamW beta2 must be in [0, 1), got ", c.beta2);
   FRUGAL_CHECK(c.eps >= 0.f, "AdamW eps must be >= 0, got ", c.eps);
@@ -124,65 +75,57 @@ void AdamW::step(const std::vector<ParamRef>& params, float lr) {
   const float eps = cfg_.eps;
   const bool small_w = std::fabs(w1) < 0.5f;  // torch lerp: which end to interpolate from
 
-  const AdamWScalars k{decay, w1, beta2, one_m_b2, neg_step, bc2_sqrt, eps};
+  const AdamWScalars k{decay, w1, beta2, one_m_b2, neg_step, bc2_sqrt, eps, small_w};
   const std::vector<Chunk> chunks = make_chunks(params);
-#pragma omp parallel for schedule(static)
+  std::vector<AdamWChunk> ac(chunks.size());
   for (size_t c = 0; c < chunks.size(); ++c) {
     const Chunk& ch = chunks[c];
-    const size_t off = ch.begin, n = ch.end - ch.begin;
-    if (small_w)
-      adamw_chunk<true>(params[ch.p].w + off, params[ch.p].g + off, ms[ch.p] + off, vs[ch.p] + off, n, k);
-    else
-      adamw_chunk<false>(params[ch.p].w + off, params[ch.p].g + off, ms[ch.p] + off, vs[ch.p] + off, n, k);
+    const size_t off = ch.begin;
+    ac[c] = {params[ch.p].w + off, params[ch.p].g + off, ms[ch.p] + off, vs[ch.p] + off, ch.end - ch.begin};
   }
+  be_->adamw_update(ac.data(), ac.size(), k);
 }
 
-double grad_sq_sum(const std::vector<ParamRef>& params) {
-  const std::vector<Chunk> chunks = make_chunks(params);
+namespace {
+std::vector<GradChunk> grad_chunks(const std::vector<ParamRef>& params) {
+  std::vector<GradChunk> out;
+  for (const Chunk& ch : make_chunks(params)) out.push_back({params[ch.p].g + ch.begin, ch.end - ch.begin});
+  return out;
+}
+}  // namespace
+
+double grad_sq_sum(const std::vector<ParamRef>& params, Backend& be) {
+  const std::vector<GradChunk> chunks = grad_chunks(params);
   std::vector<double> partial(chunks.size(), 0.0);
-#pragma omp parallel for schedule(static)
-  for (size_t c = 0; c < chunks.size(); ++c) {
-    const Chunk& ch = chunks[c];
-    const float* g = params[ch.p].g;
-    double s = 0.0;
-    // simd reduction: a fixed (vector-width) summation order, independent of the threads
-#pragma omp simd reduction(+ : s)
-    for (size_t i = ch.begin; i < ch.end; ++i) s += (double)g[i] * (double)g[i];
-    partial[c] = s;
-  }
+  be.grad_sq_sums(chunks.data(), chunks.size(), partial.data());
   double total = 0.0;
   for (double s : partial) total += s;  // fixed order: thread-count independent
   return total;
 }
 
-double grad_norm(const std::vector<ParamRef>& params) { return std::sqrt(grad_sq_sum(params)); }
+double grad_norm(const std::vector<ParamRef>& params, Backend& be) { return std::sqrt(grad_sq_sum(params, be)); }
 
-double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
-  const double norm = grad_norm(params);
-  clip_grads(params, max_norm, norm);
+double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm, Backend& be) {
+  const double norm = grad_norm(params, be);
+  clip_grads(params, max_norm, norm, be);
   return norm;
 }
 
-void clip_grads(const std::vector<ParamRef>& params, double max_norm, double norm) {
+void clip_grads(const std::vector<ParamRef>& params, double max_norm, double norm, Backend& be) {
   if (!(max_norm > 0.0)) return;
   // torch: total_norm is an fp32 tensor; clip_coef = max_norm / (total_norm + 1e-6) in fp32,
   // clamped to 1 (a NaN/Inf norm propagates into the grads, as in torch with
   // error_if_nonfinite=False; the trainer checks the returned norm).
   const float coef = (float)max_norm / ((float)norm + 1e-6f);
   if (coef < 1.f || std::isnan(coef)) {
-    const std::vector<Chunk> chunks = make_chunks(params);
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < chunks.size(); ++c) {
-      float* g = params[chunks[c].p].g;
-#pragma omp simd
-      for (size_t i = chunks[c].begin; i < chunks[c].end; ++i) g[i] *= coef;
-    }
+    const std::vector<GradChunk> chunks = grad_chunks(params);
+    be.grad_scale(chunks.data(), chunks.size(), coef);
   }
 }
 
-void zero_grads(const std::vector<ParamRef>& params) {
+void zero_grads(const std::vector<ParamRef>& params, Backend& be) {
   for (const ParamRef& p : params)
-    if (p.g && p.numel) std::memset(p.g, 0, p.numel * sizeof(float));
+    if (p.g && p.numel) be.zero(p.g, p.numel);
 }
 
 void LRSchedule::validate() const {

@@ -9,8 +9,8 @@
 //   v  = v·β2 + (1-β2)·g·g
 //   w += -(lr / (1-β1^t)) · m / (sqrt(v) / sqrt(1-β2^t) + eps)
 // Scalars (1-β^t, lr/bc1, sqrt(bc2)) are computed in fp64 and rounded to fp32 once, as torch does
-// with Python floats; the element math is fp32. The update is elementwise, so results do not
-// depend on the thread count.
+// with Python floats; the element math is fp32 (the backend's adamw_update; on the CPU
+// kernels/cpu/adamw.h). The update is elementwise, so results do not depend on the thread count.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "src/common.h"
+#include "src/model/backend.h"
 #include "src/model/params.h"
 
 namespace frugal {
@@ -53,12 +54,13 @@ class Optimizer {
   virtual std::vector<OptimStateTensor> state(const std::string& param) = 0;
 };
 
-// "adamw" -> AdamW(adamw); anything else throws naming the optimizer.
-std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const AdamWConfig& adamw);
+// "adamw" -> AdamW(adamw, be); anything else throws naming the optimizer.
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const AdamWConfig& adamw,
+                                          Backend& be = cpu_backend());
 
 class AdamW : public Optimizer {
  public:
-  explicit AdamW(const AdamWConfig& c);
+  explicit AdamW(const AdamWConfig& c, Backend& be = cpu_backend());
   const char* name() const override { return "adamw"; }
   // t += 1, then updates every param with its gradient. State is keyed by param name and created
   // (zeros) on first use; a param whose size differs from its state throws naming it.
@@ -81,20 +83,21 @@ class AdamW : public Optimizer {
     avector<float> m, v;  // [numel] fp32 first and second moments
   };
   AdamWConfig cfg_;
+  Backend* be_;
   int64_t t_ = 0;
   std::map<std::string, State> state_;
 };
 
 // Global L2 norm of all gradients, accumulated in fp64 over fixed chunks summed in a fixed order
 // (bitwise independent of the thread count).
-double grad_norm(const std::vector<ParamRef>& params);
-double grad_sq_sum(const std::vector<ParamRef>& params);  // grad_norm squared (before the sqrt)
+double grad_norm(const std::vector<ParamRef>& params, Backend& be = cpu_backend());
+double grad_sq_sum(const std::vector<ParamRef>& params, Backend& be = cpu_backend());  // grad_norm squared
 // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), grads *= coef when coef < 1.
 // Returns the pre-clip norm. max_norm <= 0: no clipping (the norm is still computed).
-double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm);
+double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm, Backend& be = cpu_backend());
 // Its second half: scales the grads for a given norm (a sharded run's global, all-reduced norm).
-void clip_grads(const std::vector<ParamRef>& params, double max_norm, double norm);
-void zero_grads(const std::vector<ParamRef>& params);
+void clip_grads(const std::vector<ParamRef>& params, double max_norm, double norm, Backend& be = cpu_backend());
+void zero_grads(const std::vector<ParamRef>& params, Backend& be = cpu_backend());
 
 // lr(step) = lr · λ(step) for optimizer step `step` (0-based), transformers' LambdaLR semantics:
 //   warmup (step < W):  λ = step / max(1, W)

@@ -15,10 +15,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "kernels/cpu/gemm.h"
-#include "kernels/cpu/gemm_f32.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/lm_head_ce.h"
+#include "src/model/backend.h"
 #include "sharding/fsdp.h"
 #include "sharding/layout.h"
 #include "sharding/shard_load.h"
@@ -43,12 +40,6 @@ bool targeted(const LoraConfig* lora, const char* site) {
   if (!lora) return false;
   const auto t = LoraConfig::expand_targets(lora->target_modules);
   return std::find(t.begin(), t.end(), site) != t.end();
-}
-
-// src/model/lora.cpp chunk_rows: rows per chunk of the LoRA input/grad buffers (4 MB of fp32 each).
-int64_t lora_chunk_rows(int64_t in, int64_t out, int64_t N) {
-  const int64_t rows = (int64_t(1) << 20) / std::max(in, out);
-  return std::clamp<int64_t>(rows, 1, std::max<int64_t>(N, 1));
 }
 
 std::string human(double b) {
@@ -139,22 +130,9 @@ double parse_byte_size(const std::string& text) {
 }
 
 size_t plan_measure_runtime_bytes() {
-  // What a training step initializes besides its own buffers: the OpenMP pool (every thread) and
-  // oneDNN (engine, JIT kernels of bf16 and fp32 GEMMs, called both outside and inside parallel
-  // regions, as linear.cpp and lm_head_ce.cpp do). Small shapes: their buffers are noise.
-  {
-    const int n = 67;
-    avector<bf16> a((size_t)n * n, bf16::from_float(0.5f)), b((size_t)n * n, bf16::from_float(0.25f));
-    avector<float> af((size_t)n * n, 0.5f), bf((size_t)n * n, 0.25f), c((size_t)n * n);
-    gemm_bf16(false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-    gemm_f32(false, true, n, n, n, 1.f, af.data(), n, bf.data(), n, 0.f, c.data(), n);
-#pragma omp parallel
-    {
-      avector<float> cc((size_t)n * n);
-      gemm_bf16(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, cc.data(), n);
-      gemm_f32(false, false, n, n, n, 1.f, af.data(), n, bf.data(), n, 0.f, cc.data(), n);
-    }
-  }
+  // What a training step initializes besides its own buffers: the backend's runtime (on the CPU
+  // the OpenMP pool and oneDNN's engine and JIT kernels; Backend::warm_up).
+  cpu_backend().warm_up();
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line))
@@ -223,13 +201,14 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
     lora_state = 16 * L.total_train_numel();
     lora_note = str(L.total_train_numel(), " trainable x 16 B (w, g, m, v)");
   }
-  // LoRA chunk scratch (src/model/lora.cpp, main thread, kept): xd [rows,in], dyf [rows,out], du [rows,r]
+  // LoRA chunk scratch (the backend's lora_forward/backward, main thread, kept): xd [rows,in],
+  // dyf [rows,out], du [rows,r], rows = Backend::lora_chunk_rows
   size_t lora_scratch = 0;
   if (r.train_mode == "lora") {  // "full": no adapters
     size_t b0 = 0, b1 = 0, b2 = 0;
     for (const Site& s : sites_of(c)) {
       if (!targeted(lora, s.name)) continue;
-      const int64_t rows = lora_chunk_rows(s.in, s.out, (int64_t)N);
+      const int64_t rows = cpu_backend().lora_chunk_rows(s.in, s.out, (int)N);
       b0 = std::max(b0, (size_t)rows * s.in);
       b1 = std::max(b1, (size_t)rows * s.out);
       b2 = std::max(b2, (size_t)rows * lora->rank);
@@ -242,7 +221,7 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
   if (mo.quant == QuantMode::NF4) {
     size_t tile = 0;
     for (const Site& s : sites_of(c))
-      tile = std::max(tile, linear_nf4_scratch_elems(s.out, s.in, nthr));  // the kernels' own tiling
+      tile = std::max(tile, cpu_backend().linear_nf4_scratch_elems(s.out, s.in, nthr));  // the kernels' own tiling
     dequant = (size_t)nthr * tile * 2;
   }
 
@@ -252,7 +231,8 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
 
   // ---- logits chunk (lm_head_ce with dx, no dW): xg [RC,C] bf16, z [RC,VC] f32, G [RC,VC] bf16,
   // dxg [RC,C] f32, softmax state / lse / zt [RC], valid-row index [N] int
-  const size_t RC = std::min<size_t>(kLmHeadRowChunk, N), VC = std::min<size_t>(kLmHeadVocabChunk, V);
+  const KernelScratch ks = cpu_backend().kernel_scratch();
+  const size_t RC = std::min<size_t>(ks.lm_head_row_chunk, N), VC = std::min<size_t>(ks.lm_head_vocab_chunk, V);
   const size_t logits = RC * C * 2 + RC * VC * 4 + RC * VC * 2 + RC * C * 4 + RC * 16 + N * 4;
 
   // ---- attention backward scratch (kernels/cpu/attention.cpp): Drow [B,H,T] + per thread the dQ

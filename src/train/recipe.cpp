@@ -112,6 +112,7 @@ const std::vector<KeyDef>& schema() {
       K_INT("fsdp", "prefetch", fsdp_prefetch, "units all-gathered ahead of the one computing (mpirun runs; 0 = no prefetch)", "prefetch_depth", "forward_prefetch"),
       K_BOOL("fsdp", "offload_params", fsdp_offload, "keep each rank's frozen shard in pinned host memory and copy units to the device just in time (GPU runs; no effect on the CPU backend)", "offload", "cpu_offload"),
       K_FLOAT("fsdp", "comm_timeout", fsdp_comm_timeout, "seconds a collective may take before the job is aborted (a dead or stuck rank)", "timeout"),
+      K_STR("device", "backend", device_backend, "backend the ops run on: cpu (kernels/cpu) | cuda (not built yet: an error)", "device", "backend"),
   };
   return s;
 }
@@ -464,6 +465,7 @@ void Recipe::validate(const std::string& where) const {
   need(min_lr_ratio >= 0.f && min_lr_ratio <= 1.f, "optim.min_lr_ratio", min_lr_ratio, "must be in [0, 1]");
   // [data]
   one_of("data.synthetic", data_synthetic, {"", "patterns"});
+  one_of("device.backend", device_backend, {"cpu", "cuda"});
   if (data_path.empty() && data_synthetic.empty()) fail(where, ": data.path or data.synthetic must be set");
   need(seq_len >= 2, "data.seq_len", seq_len, "must be >= 2");
   // [train]
@@ -520,6 +522,7 @@ ModelOptions Recipe::model_options() const {
   m.nf4_blocksize = quant_blocksize;
   m.nf4_double_quant = quant_double;
   m.checkpoint = activation_checkpointing;
+  m.backend = device_backend;
   return m;
 }
 

@@ -2,7 +2,7 @@
 // parsing, `--set section.key=value` overrides, validation, "did you mean" suggestions and the
 // effective-recipe dump (to_toml).
 //
-// Sections: [model] [quant] [lora] [optim] [data] [train] [checkpoint] [fsdp]; the keys and their help
+// Sections: [model] [quant] [lora] [optim] [data] [train] [checkpoint] [fsdp] [device]; the keys and their help
 // are listed by recipe_help() and, with their values, by to_toml() (`frugal train --dry-run`).
 // An unknown section or key, a value of the wrong type or out of range is a frugal::Error naming
 // the key and the file (or the --set argument), with the nearest valid key by edit distance (also
@@ -65,6 +65,8 @@ struct Recipe {
   int fsdp_prefetch = 1;                  // units all-gathered ahead of the computing one
   bool fsdp_offload = false;              // frozen shard in pinned host memory (GPU); no-op on CPU
   float fsdp_comm_timeout = 600.f;        // seconds before a collective aborts the job
+  // [device]
+  std::string device_backend = "cpu";     // cpu | cuda (backend_by_name, src/model/backend.h)
 
   // Reads and validates a recipe file, then applies overrides ("lora.rank=32") in order.
   static Recipe load(const std::string& path, const std::vector<std::string>& overrides = {});
@@ -78,7 +80,7 @@ struct Recipe {
   // ---- additions ----
   void validate(const std::string& where) const;  // range checks; `where` names the source in errors
   LRSchedule schedule() const;                    // {lr_schedule, lr, warmup_steps, steps, min_lr_ratio}
-  ModelOptions model_options() const;             // quant type/blocksize/double + activation_checkpointing
+  ModelOptions model_options() const;             // quant type/blocksize/double, activation_checkpointing, device.backend
   bool operator==(const Recipe& o) const;         // every schema key equal (path not compared)
 };
 
