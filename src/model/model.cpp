@@ -395,12 +395,10 @@ void LlamaModel::sync_lora() {
 // bf16 compute copy = round-to-nearest(master) for every tensor with an fp32 master.
 void LlamaModel::sync_trainables() {
   sync_lora();
-  auto round = [](const avector<float>& master, Buf<bf16>& w) {
+  auto round = [&](const avector<float>& master, Buf<bf16>& w) {
     if (master.empty()) return;
     FRUGAL_CHECK(w.size() == master.size(), "sync_trainables: compute copy and master differ in size");
-    bf16* d = w.data();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < (int64_t)master.size(); i++) d[i] = bf16::from_float(master[i]);
+    be_->to_bf16(master.data(), w.data(), master.size());  // w: [n] bf16 = round-to-nearest-even(master)
   };
   round(embed_master, embed);
   round(lm_head_master, lm_head_w);
