@@ -13,7 +13,10 @@ scripts/make_venv.sh, e.g. /opt/frugal-venv/bin/python scripts/check_peft_export
     and the PEFT loss;
  4. adapters made by peft itself (get_peft_model, random lora_B, save_pretrained): a
     target_modules list + rsLoRA + dropout, a regex string, a list + layers_to_transform, give the
-    same loss in `frugal eval --adapter` as in peft.
+    same loss in `frugal eval --adapter` as in peft;
+ 5. a run with train.trainable = embed_tokens, norms, lm_head: its adapter (modules_to_save) loads
+    in peft with every saved module weight in peft's ModulesToSaveWrapper bit for bit, and its
+    merged export in transformers gives peft's loss (within the merged bound above).
 
 Tolerance: frugal rounds every GEMM operand to bf16 (u = 2^-9) and accumulates in fp32; torch runs
 fp32 here. The mean CE then differs by ≲1e-3 relative (test_model.cpp measures ≤ 3.5e-4 on its
@@ -212,6 +215,48 @@ def main():
         ours = frugal_eval(fb, base, ids_path, seq_len, pdir)["loss"]
         compare(f".ids windows: frugal eval --adapter vs peft ({tag})", ours, ref)
         compare_effect(f".ids windows: LoRA effect ({tag})", ours, fbase, ref, base_loss)
+
+    # 5. dense trainables (train.trainable): adapter with modules_to_save in peft, merged in transformers
+    print("frugal adapter with modules_to_save (embed_tokens, norms, lm_head) -> peft; merged -> transformers:")
+    run_d = os.path.join(work, "run_dense")
+    shutil.rmtree(run_d, ignore_errors=True)
+    run([fb, "train", os.path.join(REPO, "recipes", "tiny_qlora.toml"), "-q", "--set", f"model.path={base}",
+         "--set", f"train.steps={a.steps}", "--set", f"train.output_dir={run_d}", "--set", "checkpoint.every=0",
+         "--set", 'train.trainable=["embed_tokens", "norm", "input_layernorm", "lm_head"]'])
+    ck_d = os.path.join(run_d, "checkpoints", sorted(f for f in os.listdir(os.path.join(run_d, "checkpoints"))
+                                                     if f.endswith(".h5"))[-1])
+    ad_d, mg_d = os.path.join(work, "adapter_dense"), os.path.join(work, "merged_dense")
+    shutil.rmtree(ad_d, ignore_errors=True)
+    shutil.rmtree(mg_d, ignore_errors=True)
+    run([fb, "export", "--checkpoint", ck_d, "--adapter", ad_d])
+    run([fb, "export", "--checkpoint", ck_d, "--merged", mg_d])
+    from safetensors.torch import load_file
+    saved = load_file(os.path.join(ad_d, "adapter_model.safetensors"))
+    hf = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    pm = PeftModel.from_pretrained(hf, ad_d).eval()
+    # peft must have put every saved module weight into its ModulesToSaveWrapper (not the base copy)
+    params = dict(pm.named_parameters())
+    n_mod, worst = 0, 0.0
+    for k, v in saved.items():
+        if "lora_" in k:
+            continue
+        live = k[: -len(".weight")] + ".modules_to_save.default.weight"
+        if live not in params:
+            failures.append(f"peft has no {live}")
+            continue
+        n_mod += 1
+        worst = max(worst, (params[live].detach() - v).abs().max().item())
+    print(f"  {n_mod} modules_to_save tensors loaded by peft, max |peft - file| {worst:.3e}")
+    if n_mod == 0 or worst != 0.0:
+        failures.append("modules_to_save tensors not loaded exactly by peft")
+    peft_d, _ = windows_loss(pm, stream, seq_len)
+    hm = LlamaForCausalLM.from_pretrained(mg_d, dtype=torch.float32).eval()
+    merged_d, _ = windows_loss(hm, stream, seq_len)
+    print(f"  base loss {base_loss:.6f}, peft (adapter + modules_to_save) {peft_d:.6f}")
+    compare(".ids windows: transformers merged vs peft (dense trainables)", merged_d, peft_d)
+    compare(".ids windows: frugal eval merged vs transformers merged (dense trainables)",
+            frugal_eval(fb, mg_d, ids_path, seq_len)["loss"], merged_d)
+    compare_effect(".ids windows: training effect (dense trainables)", merged_d, base_loss, peft_d, base_loss)
 
     print(f"work dir: {work}")
     if failures:

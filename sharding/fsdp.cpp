@@ -118,7 +118,8 @@ class GatherBuffer {
 
 struct Fsdp::Slot {
   GatherBuffer<uint8_t> frozen;  // [frozen_padded] gathered frozen buffer
-  GatherBuffer<float> train;     // [train_padded] gathered LoRA A/B
+  GatherBuffer<float> train;     // [train_padded] gathered LoRA A/B and dense masters
+  std::vector<avector<bf16>> bf16_copies;  // bf16 compute copies of the unit's dense bf16 masters
   CommRequest rf, rt;
   bool ready = false;        // gathers waited for
   bool bound = false;
@@ -278,6 +279,10 @@ void Fsdp::bind(int u, bool with_grads) {
       gbase = g->full.data();
     }
     for (const TrainEntry& e : ul.train) {
+      if (e.dense()) {
+        bind_dense(u, e, s.train.data() + e.offset, s);
+        continue;
+      }
       LoraAdapter* a = m_.lora_adapter(e.site);
       FRUGAL_CHECK(a != nullptr, "FSDP: no LoRA adapter on ", e.site);
       Buf<float>& w = e.which == 'A' ? a->A : a->B;
@@ -288,6 +293,61 @@ void Fsdp::bind(int u, bool with_grads) {
   }
   s.bound = true;
   s.grads = with_grads;
+}
+
+// A dense trainable bound to its gathered fp32 master w [numel]: a norm computes with it directly;
+// a bf16 tensor (embedding, lm_head, linear) with its bf16 compute copy round(w), as
+// LlamaModel::sync_trainables makes it on one process. Its gradient is the model's own full-size
+// buffer (set_trainable), reduce-scattered by reduce_dense_grads.
+void Fsdp::bind_dense(int u, const TrainEntry& e, float* w, Slot& s) {
+  if (u == L_.head_unit() && e.site == m_.norm.name) return m_.norm.w.view(w, e.numel);
+  if (u != L_.embed_unit() && u != L_.head_unit()) {
+    LlamaBlock& blk = m_.blocks[u - 1];
+    if (e.site == blk.ln1.name) return blk.ln1.w.view(w, e.numel);
+    if (e.site == blk.ln2.name) return blk.ln2.w.view(w, e.numel);
+  }
+  avector<bf16>& c = s.bf16_copies.emplace_back(e.numel);
+  bf16* d = c.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < (int64_t)e.numel; i++) d[i] = bf16::from_float(w[i]);
+  if (u == L_.embed_unit()) return m_.embed.view(d, e.numel);
+  if (u == L_.head_unit()) return m_.lm_head_w.view(d, e.numel);
+  for (LinearSite* site : m_.blocks[u - 1].sites())
+    if (site->name == e.site) return site->W.w.view(d, e.numel);
+  fail("FSDP: unit ", L_.units[u].name, " has a trainable ", e.site, ", which the model does not have");
+}
+
+bool Fsdp::lora_grads(int u) const {
+  for (const TrainEntry& e : L_.units[u].train)
+    if (!e.dense()) return true;
+  return false;
+}
+
+void Fsdp::reduce_dense_grads() {
+  for (const UnitLayout& ul : L_.units) {
+    bool any = false;
+    for (const TrainEntry& e : ul.train) any = any || e.dense();
+    if (!any) continue;
+    // full: [train_padded] the unit's dense grads at their offsets (LoRA parts 0), summed over
+    // the ranks into this rank's shard
+    avector<float> full(ul.train_padded, 0.f), recv(ul.train_shard, 0.f);
+    for (const TrainEntry& e : ul.train) {
+      if (!e.dense()) continue;
+      avector<float>& g = m_.grad(e.site);
+      FRUGAL_CHECK(g.size() == e.numel, "FSDP: gradient of ", e.site, " has ", g.size(), " elements, expected ", e.numel);
+      std::memcpy(full.data() + e.offset, g.data(), e.numel * sizeof(float));
+      std::fill(g.begin(), g.end(), 0.f);
+    }
+    const auto t0 = Clock::now();
+    comm_.reduce_scatter(std::span<const float>(full.data(), ul.train_padded), std::span<float>(recv.data(), ul.train_shard));
+    const double dt = seconds_since(t0);
+    stats_.exposed_comm_seconds += dt;
+    stats_.exposed_reduce_scatter_seconds += dt;
+    stats_.reduce_scattered_bytes += 4.0 * (double)ul.train_padded;
+    stats_.reduce_scatters++;
+    float* gs = g_[ul.index].data();
+    for (size_t i = 0; i < ul.train_shard; i++) gs[i] += recv[i];
+  }
 }
 
 void Fsdp::unbind(int u) {
@@ -368,8 +428,8 @@ void Fsdp::acquire(int unit) {
   for (int u : sched_[pos_]) {
     wait_gather(u);
     // a unit kept from the forward (bound without grads) is rebound with grad views in backward
-    if (slots_[u]->bound && in_backward && !slots_[u]->grads && L_.units[u].train_padded) unbind(u);
-    if (!slots_[u]->bound) bind(u, in_backward && L_.units[u].train_padded > 0);
+    if (slots_[u]->bound && in_backward && !slots_[u]->grads && lora_grads(u)) unbind(u);
+    if (!slots_[u]->bound) bind(u, in_backward && lora_grads(u));
   }
 }
 
@@ -379,7 +439,7 @@ void Fsdp::release(int unit) {
   const FsdpStep step = sched_[pos_];
   pos_++;
   for (int u : step) {
-    if (in_backward && L_.units[u].train_padded) {
+    if (in_backward && lora_grads(u)) {
       // this unit's LoRA grads are complete: reduce-scatter them to their owners; the previous
       // unit's reduce-scatter has had this unit's whole backward to finish
       std::vector<int> older;

@@ -39,7 +39,6 @@ namespace frugal {
 
 struct FsdpOptions {
   int prefetch = 1;      // units gathered ahead (0 = gather each unit when it is needed)
-  bool offload = false;  // GPU: shards in pinned host memory; the CPU backend ignores it
 };
 
 // One step of a pass: the units that must be gathered together (a tied head needs the head unit
@@ -80,6 +79,14 @@ class Fsdp : public UnitHooks {
   void init_lora(uint64_t seed);
   // One ParamRef per unit with trainables: name "fsdp/<unit name>", w/g = this rank's shard.
   std::vector<ParamRef>& shard_params() { return params_; }
+  // Dense trainables (layout entries 'W': norms, embeddings, lm_head, full fine-tuning linears):
+  // their gradients accumulate in the model's own full-size buffers during forward_backward; this
+  // reduce-scatters them into the grad shards (each rank receives the sum over ranks of its part)
+  // and zeroes the model's buffers. Call it after every forward_backward (collective; no-op
+  // without dense trainables).
+  void reduce_dense_grads();
+  // This rank's shard of unit u's trainable buffer (train_shard floats; null without trainables).
+  float* train_shard(int u) { return w_[u].empty() ? nullptr : w_[u].data(); }
   // The global L2 norm of the LoRA grads: sqrt of the Σ over ranks of each shard's fp64 sum of
   // squares (every rank gets the same value).
   double global_grad_norm();
@@ -105,7 +112,7 @@ class Fsdp : public UnitHooks {
   Communicator& comm_;
   FsdpOptions opt_;
   std::vector<avector<uint8_t>> frozen_;     // per unit: frozen shard
-  std::vector<avector<float>> w_, g_, rs_;   // per unit: LoRA master shard, grad shard, reduce-scatter receive
+  std::vector<avector<float>> w_, g_;        // per unit: trainable master shard, grad shard
   std::vector<ParamRef> params_;
   std::vector<std::unique_ptr<Slot>> slots_; // per unit: gathered buffers (null when not gathered)
   std::map<int, std::unique_ptr<GradFlight>> gif_;
@@ -118,6 +125,8 @@ class Fsdp : public UnitHooks {
   void wait_gather(int u);
   void bind(int u, bool with_grads);
   void unbind(int u);
+  void bind_dense(int u, const TrainEntry& e, float* w, Slot& s);
+  bool lora_grads(int u) const;              // the unit has LoRA tensors (grads bound in backward)
   void finish_reduce_scatter(int u);
   void free_unit(int u);
   bool needed_soon(int u) const;             // used within the prefetch window after pos_

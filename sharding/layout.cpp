@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "src/model/tensors.h"
+
 namespace frugal {
 
 const char* frozen_part_name(FrozenPart p) {
@@ -61,12 +63,13 @@ struct UnitBuilder {
     u.frozen_bytes = e.offset + e.bytes;
     u.frozen.push_back(std::move(e));
   }
+  // which: 'A' / 'B' (LoRA of the linear `site`, PEFT name) or 'W' (the dense tensor `site` itself)
   void add_train(const std::string& site, char which, std::vector<int64_t> shape) {
     TrainEntry e;
-    e.name = peft_lora_name(site, which);
+    e.name = which == 'W' ? site : peft_lora_name(site, which);
     e.site = site;
     e.which = which;
-    e.numel = (size_t)(shape[0] * shape[1]);
+    e.numel = (size_t)(shape.size() == 2 ? shape[0] * shape[1] : shape[0]);
     e.shape = std::move(shape);
     e.offset = round_up(u.train_numel, 16);
     u.train_numel = e.offset + e.numel;
@@ -81,7 +84,8 @@ struct UnitBuilder {
 };
 }  // namespace
 
-ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, const LoraConfig* lora, int world) {
+ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, const LoraConfig* lora, int world,
+                              const std::vector<std::string>& dense) {
   FRUGAL_CHECK(world >= 1, "make_model_layout: world size ", world);
   FRUGAL_CHECK(opt.nf4_blocksize > 0 && (opt.nf4_blocksize & (opt.nf4_blocksize - 1)) == 0,
                "nf4 blocksize ", opt.nf4_blocksize, " is not a power of two");
@@ -95,46 +99,44 @@ ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, c
     m.lora = *lora;
     m.lora.target_modules = LoraConfig::expand_targets(lora->target_modules);
   }
-  const int64_t V = cfg.vocab_size, C = cfg.hidden_size;
-  const int L = cfg.num_hidden_layers;
-
-  auto bf16_bytes = [](int64_t n) { return (size_t)n * 2; };
-  {
-    UnitBuilder b{{}, m.align};
-    b.u.index = 0;
-    b.u.name = "embed";
-    b.add("model.embed_tokens.weight", FrozenPart::BF16, {V, C}, bf16_bytes(V * C));
-    b.finish(world);
-    m.units.push_back(std::move(b.u));
+  // Frozen entries from the model's tensor table (src/model/tensors.h), in its (unit) order;
+  // dense trainables go to the unit's trainable buffer instead: after the unit's LoRA tensors,
+  // in table order (= LlamaModel::trainable_params order).
+  const std::vector<ModelTensor> tensors = llama_tensors(cfg);
+  for (const std::string& n : dense) {
+    bool known = false;
+    for (const ModelTensor& t : tensors) known = known || t.name == n;
+    FRUGAL_CHECK(known, "make_model_layout: no tensor named '", n, "' to train");
   }
+  auto is_dense = [&](const std::string& n) { return std::find(dense.begin(), dense.end(), n) != dense.end(); };
+  m.dense = dense;
   const auto& sites = lora_site_names();
-  for (int l = 0; l < L; l++) {
+  const int L = cfg.num_hidden_layers;
+  for (int u = 0; u <= L + 1; u++) {
     UnitBuilder b{{}, m.align};
-    b.u.index = 1 + l;
-    b.u.name = "layers." + std::to_string(l);
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    b.add(p + "input_layernorm.weight", FrozenPart::F32, {C}, (size_t)C * 4);
-    b.add(p + "post_attention_layernorm.weight", FrozenPart::F32, {C}, (size_t)C * 4);
-    const auto lin = llama_block_linears(cfg, l);
-    for (const LinearShape& ls : lin) {
-      const std::string& name = ls.name;
-      const int64_t n = ls.out * ls.in;
-      const std::vector<int64_t> shape = {ls.out, ls.in};
-      if (opt.quant == QuantMode::NF4) {
+    b.u.index = u;
+    b.u.name = u == 0 ? "embed" : u == L + 1 ? "head" : "layers." + std::to_string(u - 1);
+    for (const ModelTensor& t : tensors) {
+      if (t.unit != u || is_dense(t.name)) continue;
+      const int64_t n = t.shape.size() == 2 ? t.shape[0] * t.shape[1] : t.shape[0];
+      if (t.kind == TensorKind::Norm) {
+        b.add(t.name, FrozenPart::F32, t.shape, (size_t)n * 4);
+      } else if (t.kind == TensorKind::Linear && opt.quant == QuantMode::NF4) {
         const int64_t nb = (n + opt.nf4_blocksize - 1) / opt.nf4_blocksize;
-        b.add(name, FrozenPart::NF4Codes, shape, (size_t)(n + 1) / 2);
+        b.add(t.name, FrozenPart::NF4Codes, t.shape, (size_t)(n + 1) / 2);
         if (opt.nf4_double_quant) {
-          b.add(name, FrozenPart::NF4AbsmaxQ, shape, (size_t)nb);
-          b.add(name, FrozenPart::NF4Nested, shape, (size_t)((nb + 255) / 256) * 4);
-          b.add(name, FrozenPart::NF4Offset, shape, 4);
+          b.add(t.name, FrozenPart::NF4AbsmaxQ, t.shape, (size_t)nb);
+          b.add(t.name, FrozenPart::NF4Nested, t.shape, (size_t)((nb + 255) / 256) * 4);
+          b.add(t.name, FrozenPart::NF4Offset, t.shape, 4);
         } else {
-          b.add(name, FrozenPart::NF4Absmax, shape, (size_t)nb * 4);
+          b.add(t.name, FrozenPart::NF4Absmax, t.shape, (size_t)nb * 4);
         }
       } else {
-        b.add(name, FrozenPart::BF16, shape, bf16_bytes(n));
+        b.add(t.name, FrozenPart::BF16, t.shape, (size_t)n * 2);
       }
     }
-    if (m.has_lora) {
+    if (m.has_lora && u >= 1 && u <= L) {
+      const auto lin = llama_block_linears(cfg, u - 1);
       const int64_t r = m.lora.rank;
       for (size_t si = 0; si < sites.size(); si++) {
         if (std::find(m.lora.target_modules.begin(), m.lora.target_modules.end(), sites[si]) ==
@@ -144,15 +146,8 @@ ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, c
         b.add_train(lin[si].name, 'B', {lin[si].out, r});
       }
     }
-    b.finish(world);
-    m.units.push_back(std::move(b.u));
-  }
-  {
-    UnitBuilder b{{}, m.align};
-    b.u.index = L + 1;
-    b.u.name = "head";
-    b.add("model.norm.weight", FrozenPart::F32, {C}, (size_t)C * 4);
-    if (!cfg.tie_word_embeddings) b.add("lm_head.weight", FrozenPart::BF16, {V, C}, bf16_bytes(V * C));
+    for (const ModelTensor& t : tensors)
+      if (t.unit == u && is_dense(t.name)) b.add_train(t.name, 'W', t.shape);
     b.finish(world);
     m.units.push_back(std::move(b.u));
   }

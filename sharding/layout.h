@@ -15,8 +15,10 @@
 // block. All-gathering the frozen buffer moves NF4 bytes (~0.52 B/param at blocksize 64), not bf16.
 //
 // Trainable buffer (fp32): per LoRA site in order q,k,v,o,gate,up,down: A [r,in] then B [out,r]
-// (PEFT names), each starting at a multiple of 16 floats; padded to a multiple of 16·W floats and
-// split into W equal ranges. The padding stays zero (zero grads, zero AdamW updates).
+// (PEFT names), then the unit's dense trainables (train.trainable / train.mode = "full", HF names,
+// fp32 masters, in the order of src/model/tensors.h; such a tensor has no frozen entry), each
+// starting at a multiple of 16 floats; padded to a multiple of 16·W floats and split into W equal
+// ranges. The padding stays zero (zero grads, zero optimizer updates).
 //
 // The layout depends only on (config, quantization options, LoRA config, W), so every rank, the
 // planner, the loader and the checkpoint compute the same one.
@@ -53,9 +55,10 @@ struct FrozenEntry {
 };
 
 struct TrainEntry {
-  std::string name;            // PEFT name (…q_proj.lora_A.weight)
-  std::string site;            // HF weight name of the linear (…q_proj.weight)
-  char which = 'A';            // 'A' [r,in] or 'B' [out,r]
+  std::string name;            // PEFT name (…q_proj.lora_A.weight), or the HF name of a dense tensor
+  std::string site;            // HF weight name of the linear (…q_proj.weight) / of the dense tensor
+  char which = 'A';            // 'A' [r,in], 'B' [out,r], or 'W' (dense: the tensor itself, its shape)
+  bool dense() const { return which == 'W'; }
   std::vector<int64_t> shape;
   size_t offset = 0;           // floats from the start of the unit's trainable buffer
   size_t numel = 0;
@@ -80,6 +83,7 @@ struct ModelLayout {
   ModelOptions opt;
   bool has_lora = false;
   LoraConfig lora;             // target_modules expanded
+  std::vector<std::string> dense;  // HF names of the dense trainables (select_trainable)
   int world = 1;
   size_t align = 64;
   std::vector<UnitLayout> units;  // embed, layers.0 .. layers.L-1, head
@@ -93,8 +97,10 @@ struct ModelLayout {
   size_t total_train_numel() const;  // trainable parameters (unpadded)
 };
 
-// lora: null = no trainable buffers. Throws on a world < 1.
-ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, const LoraConfig* lora, int world);
+// lora: null = no adapters; dense: HF names of base tensors trained densely (fp32 masters in the
+// trainable buffer). Throws on a world < 1 or an unknown dense name.
+ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, const LoraConfig* lora, int world,
+                              const std::vector<std::string>& dense = {});
 
 // [begin, end) of rank r's shard of a buffer of `padded` units split W ways.
 inline std::pair<size_t, size_t> shard_range(size_t padded, int world, int rank) {

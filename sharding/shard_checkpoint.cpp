@@ -154,16 +154,23 @@ h5::Handle make_dxpl(const Group& g) {
   return dxpl;
 }
 
-const char* const kSetPrefix[3] = {"/params/", "/optim/m/", "/optim/v/"};
+// The buffer sets a checkpoint holds: (dataset prefix, per-unit shard pointers): /params/ = w,
+// then /optim/<state>/ for each optimizer state tensor when `optim`.
+std::vector<std::pair<std::string, const std::vector<float*>*>> buffer_sets(const ShardBuffers& b, bool optim) {
+  std::vector<std::pair<std::string, const std::vector<float*>*>> sets = {{"/params/", &b.w}};
+  if (optim)
+    for (const ShardBuffers::State& s : b.state) sets.push_back({"/optim/" + s.name + "/", &s.unit});
+  return sets;
+}
 
-// Every unit with trainables needs this rank's shard pointers (w, and m, v when `optim`).
+// Every unit with trainables needs this rank's shard pointers (w, and the state when `optim`).
 void check_buffers(const ModelLayout& L, const ShardBuffers& b, bool optim, const std::string& path) {
+  if (optim && b.state.empty()) fail(path, ": sharded checkpoint: no optimizer state buffers");
   for (size_t u = 0; u < L.units.size(); u++) {
     if (L.units[u].train_shard == 0) continue;
-    const std::vector<float*>* sets[3] = {&b.w, &b.m, &b.v};
-    for (int s = 0; s < (optim ? 3 : 1); s++)
-      if (sets[s]->size() <= u || (*sets[s])[u] == nullptr)
-        fail(path, ": sharded checkpoint: no ", "wmv"[s], " shard buffer for unit '", L.units[u].name, "'");
+    for (const auto& [prefix, set] : buffer_sets(b, optim))
+      if (set->size() <= u || (*set)[u] == nullptr)
+        fail(path, ": sharded checkpoint: no ", prefix, " shard buffer for unit '", L.units[u].name, "'");
   }
 }
 
@@ -213,14 +220,13 @@ void save_sharded_checkpoint(const std::string& path, const TrainState& st, cons
     for (const LayoutTensor& t : tensors) {
       const UnitLayout& u = L.units[size_t(t.unit)];
       const auto [lo, hi] = shard_range(u.train_padded, L.world, g.rank);
-      float* shards[3] = {b.w[size_t(t.unit)], b.m[size_t(t.unit)], b.v[size_t(t.unit)]};
-      for (int s = 0; s < 3; s++) {
-        const std::string name = kSetPrefix[s] + t.name;
+      for (const auto& [prefix, set] : buffer_sets(b, true)) {
+        const std::string name = prefix + t.name;
         h5::Handle d = f.create_dataset<float>(name, t.shape);
         if (io_err.empty())
           io_err = capture([&] {
             try {
-              transfer_part(d, dxpl, t, lo, hi, shards[s], true);
+              transfer_part(d, dxpl, t, lo, hi, (*set)[size_t(t.unit)], true);
             } catch (const Error& e) {
               fail(tmp, ": '", name, "': writing this rank's part: ", e.what());
             }
@@ -277,8 +283,8 @@ TrainState load_sharded_checkpoint(const std::string& path, const ModelLayout& L
     for (const LayoutTensor& t : tensors) wanted.push_back(t.name);
     check_checkpoint_names(path, checkpoint_param_names(*f), wanted);
     for (const LayoutTensor& t : tensors)
-      for (int s = 0; s < (load_optimizer ? 3 : 1); s++)
-        check_checkpoint_tensor(*f, path, kSetPrefix[s] + t.name, t.shape);
+      for (const auto& set : buffer_sets(b, load_optimizer))
+        check_checkpoint_tensor(*f, path, set.first + t.name, t.shape);
   }));
 
   std::string err = capture([&] {
@@ -286,20 +292,16 @@ TrainState load_sharded_checkpoint(const std::string& path, const ModelLayout& L
     for (size_t u = 0; u < L.units.size(); u++) {
       const size_t n = L.units[u].train_shard;
       if (n == 0) continue;
-      std::memset(b.w[u], 0, n * sizeof(float));
-      if (load_optimizer) {
-        std::memset(b.m[u], 0, n * sizeof(float));
-        std::memset(b.v[u], 0, n * sizeof(float));
-      }
+      for (const auto& set : buffer_sets(b, load_optimizer)) std::memset((*set.second)[u], 0, n * sizeof(float));
     }
     h5::Handle dxpl = make_dxpl(g);
     std::string io_err;
     for (const LayoutTensor& t : tensors) {
       const UnitLayout& u = L.units[size_t(t.unit)];
       const auto [lo, hi] = shard_range(u.train_padded, L.world, g.rank);
-      for (int s = 0; s < (load_optimizer ? 3 : 1); s++) {
-        float* shard = (s == 0 ? b.w : s == 1 ? b.m : b.v)[size_t(t.unit)];
-        const std::string name = kSetPrefix[s] + t.name;
+      for (const auto& [prefix, set] : buffer_sets(b, load_optimizer)) {
+        float* shard = (*set)[size_t(t.unit)];
+        const std::string name = prefix + t.name;
         h5::Handle d = f->open_dataset(name);
         if (io_err.empty())
           io_err = capture([&] {

@@ -1,6 +1,6 @@
 // shard_checkpoint.h: sharded training checkpoints over parallel HDF5 (MPI-IO), in the SAME
-// "frugal-ckpt-v1" format as src/model/checkpoint.h: /params/<PEFT name>, /optim/m/<name>,
-// /optim/v/<name> fp32 with the tensors' real shapes ([r,in] for A, [out,r] for B; the layout's
+// "frugal-ckpt-v1" format as src/model/checkpoint.h: /params/<PEFT name>, /optim/<state>/<name>
+// (AdamW: m, v) fp32 with the tensors' real shapes ([r,in] for A, [out,r] for B; the layout's
 // padding is never stored) and the same root attributes (param_order = the layout's trainable
 // entries in unit order = LlamaModel::trainable_params order). A file saved at world W loads at
 // any W' (and with the single-process load_checkpoint), and vice versa: the file does not record W.
@@ -27,10 +27,16 @@
 namespace frugal {
 
 // Per unit (L.units[u]): this rank's shard of the unit's trainable buffer, train_shard floats
-// each (null or absent for units without trainables). w = fp32 master weights, m / v = AdamW
-// moments (may be empty when load_optimizer is false).
+// each (null or absent for units without trainables). w = fp32 master weights; state = the
+// optimizer's state tensors (Optimizer::state_names(), e.g. AdamW's m and v), stored as
+// /optim/<name>/<tensor> (may be empty when load_optimizer is false).
 struct ShardBuffers {
-  std::vector<float*> w, m, v;
+  struct State {
+    std::string name;           // "m", "v", ...
+    std::vector<float*> unit;   // per unit, as w
+  };
+  std::vector<float*> w;
+  std::vector<State> state;
 };
 
 // Collective over comm (whose size must equal L.world; rank r holds shard r). With W == 1 and MPI
@@ -38,7 +44,7 @@ struct ShardBuffers {
 void save_sharded_checkpoint(const std::string& path, const TrainState& st, const ModelLayout& L,
                              const ShardBuffers& b, MPI_Comm comm = MPI_COMM_WORLD);
 
-// Collective over comm. Fills this rank's shards of w (and m, v when load_optimizer); the padding
+// Collective over comm. Fills this rank's shards of w (and the state when load_optimizer); the padding
 // is set to 0. Everything is validated before any buffer is touched. Returns the stored state
 // (the caller sets its optimizer's t from adam_t).
 TrainState load_sharded_checkpoint(const std::string& path, const ModelLayout& L, const ShardBuffers& b,

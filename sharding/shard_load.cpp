@@ -310,4 +310,29 @@ void pack_unit_frozen(const LlamaModel& m, const UnitLayout& u, uint8_t* out) {
   }
 }
 
+void load_dense_shards(const std::string& model_dir, const ModelLayout& L, int rank, const std::vector<float*>& w) {
+  if (L.dense.empty()) return;
+  SafetensorsModel st(model_dir);
+  for (const UnitLayout& u : L.units) {
+    const auto [lo, hi] = shard_range(u.train_padded, L.world, rank);
+    for (const TrainEntry& e : u.train) {
+      if (!e.dense()) continue;
+      check_source(st, model_dir, FrozenEntry{e.site, FrozenPart::F32, e.shape, 0, 0});
+      const auto [b, en] = overlap(e.offset, e.numel, lo, hi);
+      if (b == en) continue;
+      FRUGAL_CHECK(w.size() > (size_t)u.index && w[u.index], "load_dense_shards: no trainable shard for unit ", u.name);
+      float* dst = w[u.index] + (b - lo);
+      const TensorView& t = st.get(e.site);
+      const int64_t i0 = (int64_t)(b - e.offset), i1 = (int64_t)(en - e.offset);
+      if (e.shape.size() == 1) {  // a norm weight: fp32 in the model
+        convert_slice<float>(t, i0, i1, reinterpret_cast<uint8_t*>(dst), kShardLoadScratchElems);
+      } else {  // bf16 in the model: the master starts at float(bf16(x))
+        avector<bf16> tmp((size_t)(i1 - i0));
+        convert_slice<bf16>(t, i0, i1, reinterpret_cast<uint8_t*>(tmp.data()), kShardLoadScratchElems);
+        for (int64_t k = 0; k < i1 - i0; k++) dst[k] = tmp[(size_t)k].to_float();
+      }
+    }
+  }
+}
+
 }  // namespace frugal

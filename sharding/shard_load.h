@@ -54,6 +54,13 @@ inline std::vector<avector<uint8_t>> load_frozen_shards(const std::string& model
   });
 }
 
+// Dense trainables (layout entries 'W', src/model/tensors.h): writes this rank's part of each into
+// w[unit] (the unit's trainable shard, Fsdp::train_shard), fp32, the values the single-process
+// model starts from: norms read as fp32, bf16-stored tensors as float(bf16(x)) (LlamaModel::load
+// then add_master). Other elements of the shards are left as they are. Missing tensor / wrong
+// shape: frugal::Error naming the tensor and the model dir. No collectives.
+void load_dense_shards(const std::string& model_dir, const ModelLayout& L, int rank, const std::vector<float*>& w);
+
 // ---- the pieces (exposed for tests) --------------------------------------------------------
 // Blocks [b0, b1) of an NF4 tensor whose codes lie in the unit byte range [lo, hi) (the codes
 // entry `codes`; shard boundaries never split a block — checked).

@@ -97,8 +97,9 @@ struct Shards {
   std::vector<std::vector<float>> w, m, v;
   ShardBuffers buffers() {
     ShardBuffers b;
+    b.state = {{"m", {}}, {"v", {}}};
     for (auto* s : {&w, &m, &v})
-      for (auto& u : *s) (s == &w ? b.w : s == &m ? b.m : b.v).push_back(u.empty() ? nullptr : u.data());
+      for (auto& u : *s) (s == &w ? b.w : s == &m ? b.state[0].unit : b.state[1].unit).push_back(u.empty() ? nullptr : u.data());
     return b;
   }
 };

@@ -26,12 +26,14 @@ struct LinearSite {
   FrozenWeight W;          // [out, in]
   bool trainable = false;
   avector<float> grad;     // [out, in] fp32, allocated only when trainable
+  avector<float> master;   // [out, in] fp32 master weight (full fine-tuning, add_master), else empty
   std::unique_ptr<LoraAdapter> lora;  // y += s·(dropout(x)·Aᵀ)·Bᵀ when set (src/model/lora.h)
   // backward needs the bf16 input of the GEMM (for dW, or for LoRA's dA)
   bool needs_input() const { return trainable || lora != nullptr; }
 };
 
-// An RMSNorm weight, fp32 [C], with an fp32 gradient when trainable.
+// An RMSNorm weight, fp32 [C], with an fp32 gradient when trainable (a trainable norm is its own
+// fp32 master weight).
 struct NormParam {
   std::string name;
   Buf<float> w;            // [C]

@@ -23,7 +23,7 @@ void check_param(const ParamRef& p, const std::string& where) {
 
 }  // namespace
 
-void write_checkpoint_file(const std::string& file, const TrainState& st, const std::vector<ParamRef>& params, AdamW& opt) {
+void write_checkpoint_file(const std::string& file, const TrainState& st, const std::vector<ParamRef>& params, Optimizer& opt) {
   std::vector<std::string> order;
   std::set<std::string> seen;
   for (const ParamRef& p : params) {
@@ -38,24 +38,23 @@ void write_checkpoint_file(const std::string& file, const TrainState& st, const 
   avector<float> zeros;
   for (const ParamRef& p : params) {
     f.write("/params/" + p.name, p.w, p.shape);
-    // Moments: a param the optimizer has not stepped yet has zero moments (AdamW's initial state).
-    for (int which = 0; which < 2; ++which) {
-      const avector<float>* mom = nullptr;
-      if (opt.has_state(p.name)) mom = which == 0 ? &opt.m(p.name) : &opt.v(p.name);
-      if (mom && !mom->empty() && mom->size() != p.numel)
-        fail(file, ": optimizer state of '", p.name, "' has ", mom->size(), " elements, the parameter ", p.numel);
-      if (!mom || mom->empty()) {
+    // Optimizer state: a param the optimizer has not stepped yet has zero state (its initial one).
+    for (const OptimStateTensor& t : opt.state(p.name)) {
+      const avector<float>* buf = t.buf;
+      if (!buf->empty() && buf->size() != p.numel)
+        fail(file, ": optimizer state '", t.state, "' of '", p.name, "' has ", buf->size(), " elements, the parameter ", p.numel);
+      if (buf->empty()) {
         zeros.assign(p.numel, 0.f);
-        mom = &zeros;
+        buf = &zeros;
       }
-      f.write(std::string(which == 0 ? "/optim/m/" : "/optim/v/") + p.name, mom->data(), p.shape);
+      f.write("/optim/" + t.state + "/" + p.name, buf->data(), p.shape);
     }
   }
   write_checkpoint_attrs(f, st, order, has_lora ? &lora : nullptr);
   f.close();
 }
 
-void save_checkpoint(const std::string& path, const TrainState& st, const std::vector<ParamRef>& params, AdamW& opt) {
+void save_checkpoint(const std::string& path, const TrainState& st, const std::vector<ParamRef>& params, Optimizer& opt) {
   namespace fs = std::filesystem;
   const std::string tmp = path + ".tmp";
   fs::path parent = fs::path(path).parent_path();
@@ -70,7 +69,7 @@ void save_checkpoint(const std::string& path, const TrainState& st, const std::v
   commit_temp_file(tmp, path);  // fsync, rename, fsync the directory: durable once it returns
 }
 
-TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>& params, AdamW* opt) {
+TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>& params, Optimizer* opt) {
   h5::H5File f = h5::H5File::open(path);
   TrainState st = read_checkpoint_state(f);
   // Validate names, shapes and dtypes of everything before overwriting anything.
@@ -82,21 +81,17 @@ TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>&
   check_checkpoint_names(path, checkpoint_param_names(f), wanted);
   for (const ParamRef& p : params) {
     check_checkpoint_tensor(f, path, "/params/" + p.name, p.shape);
-    if (opt) {
-      check_checkpoint_tensor(f, path, "/optim/m/" + p.name, p.shape);
-      check_checkpoint_tensor(f, path, "/optim/v/" + p.name, p.shape);
-    }
+    if (opt)
+      for (const std::string& s : opt->state_names())
+        check_checkpoint_tensor(f, path, "/optim/" + s + "/" + p.name, p.shape);
   }
   for (const ParamRef& p : params) {
     f.read_into("/params/" + p.name, p.w, p.shape);
-    if (opt) {
-      avector<float>& m = opt->m(p.name);
-      avector<float>& v = opt->v(p.name);
-      m.resize(p.numel);
-      v.resize(p.numel);
-      f.read_into("/optim/m/" + p.name, m.data(), p.shape);
-      f.read_into("/optim/v/" + p.name, v.data(), p.shape);
-    }
+    if (opt)
+      for (const OptimStateTensor& t : opt->state(p.name)) {
+        t.buf->resize(p.numel);
+        f.read_into("/optim/" + t.state + "/" + p.name, t.buf->data(), p.shape);
+      }
   }
   if (opt) opt->set_t(st.adam_t);
   return st;

@@ -1,6 +1,6 @@
 // checkpoint.h: HDF5 training checkpoints ("frugal-ckpt-v1").
-// One file: /params/<name> fp32 [shape] (trainable master weights, PEFT names), /optim/m/<name> and
-// /optim/v/<name> fp32 [shape] (AdamW moments); root attributes: format, step, adam_t, seed,
+// One file: /params/<name> fp32 [shape] (trainable master weights, PEFT names), /optim/<state>/<name>
+// fp32 [shape] (the optimizer's state tensors, Optimizer::state: AdamW's /optim/m/<name> and /optim/v/<name>); root attributes: format, step, adam_t, seed,
 // cursor_epoch/cursor_index/cursor_offset, tokens_seen, recipe (effective TOML text), base_model,
 // param_order (names in list order, '\n'-joined), lora_rank/lora_alpha/lora_dropout/lora_rslora/
 // lora_target_modules (from the recipe's [lora] section, when it has one).
@@ -37,11 +37,11 @@ struct TrainState {
   LoraConfig lora;
 };
 
-void save_checkpoint(const std::string& path, const TrainState& st, const std::vector<ParamRef>& params, AdamW& opt);
+void save_checkpoint(const std::string& path, const TrainState& st, const std::vector<ParamRef>& params, Optimizer& opt);
 
 // Fills params (matched by name; missing/extra/shape or dtype mismatch: error naming the file and
-// the tensor, raised before anything is overwritten) and, when opt is given, the AdamW moments and t.
-TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>& params, AdamW* opt);
+// the tensor, raised before anything is overwritten) and, when opt is given, the optimizer's state tensors and t.
+TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>& params, Optimizer* opt);
 
 // Reads the parameter tensors (LoRA) and the metadata, no model needed (export, eval).
 // Tensors come in the saved list order (param_order).
@@ -55,6 +55,6 @@ CheckpointContents read_checkpoint_params(const std::string& path);
 
 // The file-writing half of save_checkpoint: writes `file` directly (no temp, no rename).
 // Exposed so tests can simulate a crash that leaves a partial "<path>.tmp" behind.
-void write_checkpoint_file(const std::string& file, const TrainState& st, const std::vector<ParamRef>& params, AdamW& opt);
+void write_checkpoint_file(const std::string& file, const TrainState& st, const std::vector<ParamRef>& params, Optimizer& opt);
 
 }  // namespace frugal

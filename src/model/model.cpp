@@ -215,18 +215,18 @@ void LlamaModel::set_trainable(const std::string& n, bool on) {
   const size_t VC = (size_t)cfg_.vocab_size * cfg_.hidden_size;
   if (LinearSite* s = find_linear(n)) {
     s->trainable = on;
-    if (on) ensure(s->grad, (size_t)s->W.out * s->W.in); else avector<float>().swap(s->grad);
+    if (on) ensure(s->grad, (size_t)s->W.out * s->W.in); else avector<float>().swap(s->grad), avector<float>().swap(s->master);
   } else if (NormParam* p = find_norm(n)) {
     p->trainable = on;
-    if (on) ensure(p->grad, p->w.size()); else avector<float>().swap(p->grad);
+    if (on) ensure(p->grad, (size_t)cfg_.hidden_size); else avector<float>().swap(p->grad);  // [C] (also on a skeleton)
   } else if (n == "model.embed_tokens.weight") {
     embed_trainable = on;
-    if (on) ensure(embed_grad, VC); else avector<float>().swap(embed_grad);
+    if (on) ensure(embed_grad, VC); else avector<float>().swap(embed_grad), avector<float>().swap(embed_master);
   } else if (n == "lm_head.weight") {
     if (cfg_.tie_word_embeddings)
       fail("lm_head.weight is tied to model.embed_tokens.weight; mark that one trainable");
     lm_head_trainable = on;
-    if (on) ensure(lm_head_grad, VC); else avector<float>().swap(lm_head_grad);
+    if (on) ensure(lm_head_grad, VC); else avector<float>().swap(lm_head_grad), avector<float>().swap(lm_head_master);
   } else {
     fail("set_trainable: no tensor named '", n, "' in the model");
   }
@@ -239,6 +239,31 @@ const avector<float>& LlamaModel::grad(const std::string& n) const {
   if (n == "model.embed_tokens.weight" && embed_trainable) return embed_grad;
   if (n == "lm_head.weight" && lm_head_trainable) return lm_head_grad;
   fail("grad: tensor '", n, "' is not trainable (or does not exist)");
+}
+
+void LlamaModel::add_master(const std::string& n) {
+  auto fill = [&](avector<float>& master, const Buf<bf16>& w, size_t numel) {
+    FRUGAL_CHECK(w.size() == numel, "add_master: ", n, " has no weights loaded");
+    master.resize(numel);
+    for (size_t i = 0; i < numel; i++) master[i] = w[i].to_float();
+  };
+  if (LinearSite* s = find_linear(n)) {
+    if (!s->trainable) fail("add_master: ", n, " is not trainable (set_trainable first)");
+    if (s->W.kind != FrozenWeight::Kind::BF16)
+      fail("add_master: ", n, " is stored in NF4; full fine-tuning needs a bf16 base (quant.type = \"none\")");
+    fill(s->master, s->W.w, (size_t)s->W.out * s->W.in);
+  } else if (NormParam* p = find_norm(n)) {
+    if (!p->trainable) fail("add_master: ", n, " is not trainable (set_trainable first)");
+    // fp32 already: the weight is its own master
+  } else if (n == "model.embed_tokens.weight") {
+    if (!embed_trainable) fail("add_master: ", n, " is not trainable (set_trainable first)");
+    fill(embed_master, embed, (size_t)cfg_.vocab_size * cfg_.hidden_size);
+  } else if (n == "lm_head.weight" && !cfg_.tie_word_embeddings) {
+    if (!lm_head_trainable) fail("add_master: ", n, " is not trainable (set_trainable first)");
+    fill(lm_head_master, lm_head_w, (size_t)cfg_.vocab_size * cfg_.hidden_size);
+  } else {
+    fail("add_master: no trainable bf16 tensor named '", n, "' in the model");
+  }
 }
 
 void LlamaModel::zero_grad() {
@@ -274,6 +299,9 @@ MemoryReport LlamaModel::memory_report() const {
   }
   r.norm_bytes += fb(norm.w);
   r.grad_bytes += fb(norm.grad) + fb(embed_grad) + fb(lm_head_grad);
+  for (const auto& blk : blocks)
+    for (const LinearSite* s : blk.sites()) r.master_bytes += fb(s->master);
+  r.master_bytes += fb(embed_master) + fb(lm_head_master);
   r.embedding_bytes = fb(embed) + fb(lm_head_w);
   for (const auto& x : xs_) r.activation_bytes += fb(x);
   for (const auto& a : acts_) r.activation_bytes += a.bytes();
@@ -327,28 +355,34 @@ void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed, bool allocate) {
 
 std::vector<ParamRef> LlamaModel::trainable_params() {
   std::vector<ParamRef> ps;
-  std::string bf16_trainable;
+  std::string no_master;  // trainable bf16/NF4 tensors without an fp32 master
+  const int64_t V = cfg_.vocab_size, C = cfg_.hidden_size;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, auto& w, auto& g) {
     FRUGAL_CHECK(w.size() == g.size(), "parameter ", name, " has no gradient buffer");
     ps.push_back(ParamRef{name, std::move(shape), w.data(), g.data(), w.size()});
   };
-  for (auto& blk : blocks)
+  auto dense = [&](const std::string& name, std::vector<int64_t> shape, avector<float>& master, avector<float>& g) {
+    if (master.empty()) no_master += " " + name;
+    else add(name, std::move(shape), master, g);
+  };
+  if (embed_trainable) dense("model.embed_tokens.weight", {V, C}, embed_master, embed_grad);
+  for (auto& blk : blocks) {
     for (LinearSite* s : blk.sites()) {
-      if (s->trainable) bf16_trainable += " " + s->name;
       if (!s->lora) continue;
       LoraAdapter& a = *s->lora;
       add(peft_lora_name(s->name, 'A'), {a.r, a.in}, a.A, a.dA);
       add(peft_lora_name(s->name, 'B'), {a.out, a.r}, a.B, a.dB);
     }
-  for (auto& blk : blocks)
+    for (LinearSite* s : blk.sites())
+      if (s->trainable) dense(s->name, {s->W.out, s->W.in}, s->master, s->grad);
     for (NormParam* p : {&blk.ln1, &blk.ln2})
       if (p->trainable) add(p->name, {(int64_t)p->w.size()}, p->w, p->grad);
+  }
   if (norm.trainable) add(norm.name, {(int64_t)norm.w.size()}, norm.w, norm.grad);
-  if (embed_trainable) bf16_trainable += " model.embed_tokens.weight";
-  if (lm_head_trainable) bf16_trainable += " lm_head.weight";
-  if (!bf16_trainable.empty())
+  if (lm_head_trainable) dense("lm_head.weight", {V, C}, lm_head_master, lm_head_grad);
+  if (!no_master.empty())
     fail("trainable_params: these trainable tensors are stored in bf16/NF4 without an fp32 master weight "
-         "and cannot be optimized:", bf16_trainable);
+         "and cannot be optimized (add_master):", no_master);
   return ps;
 }
 
@@ -356,6 +390,22 @@ void LlamaModel::sync_lora() {
   for (auto& blk : blocks)
     for (LinearSite* s : blk.sites())
       if (s->lora) s->lora->sync_compute_copies();
+}
+
+// bf16 compute copy = round-to-nearest(master) for every tensor with an fp32 master.
+void LlamaModel::sync_trainables() {
+  sync_lora();
+  auto round = [](const avector<float>& master, Buf<bf16>& w) {
+    if (master.empty()) return;
+    FRUGAL_CHECK(w.size() == master.size(), "sync_trainables: compute copy and master differ in size");
+    bf16* d = w.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < (int64_t)master.size(); i++) d[i] = bf16::from_float(master[i]);
+  };
+  round(embed_master, embed);
+  round(lm_head_master, lm_head_w);
+  for (auto& blk : blocks)
+    for (LinearSite* s : blk.sites()) round(s->master, s->W.w);
 }
 
 void LlamaModel::set_dropout_rng(uint64_t seed, uint64_t step, uint64_t row0) {

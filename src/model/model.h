@@ -73,9 +73,10 @@ struct MemoryReport {
   size_t lora_bytes = 0;           // LoRA master weights A, B (fp32)
   size_t lora_params = 0;
   size_t grad_bytes = 0;           // gradient buffers of trainable tensors (incl. LoRA dA, dB)
+  size_t master_bytes = 0;         // fp32 master weights of trainable bf16 tensors (add_master)
   size_t activation_bytes = 0;     // buffers held for the last forward/backward (incl. LoRA u)
   size_t total() const {
-    return frozen_linear_bytes + embedding_bytes + norm_bytes + lora_bytes + grad_bytes + activation_bytes;
+    return frozen_linear_bytes + embedding_bytes + norm_bytes + lora_bytes + grad_bytes + master_bytes + activation_bytes;
   }
   std::string str() const;
 };
@@ -126,7 +127,16 @@ class LlamaModel {
   void set_trainable(const std::string& hf_name, bool on = true);
   // Gradient buffer of a trainable tensor (same shape as the tensor), throws if not trainable.
   const avector<float>& grad(const std::string& hf_name) const;
+  avector<float>& grad(const std::string& hf_name) {
+    return const_cast<avector<float>&>(static_cast<const LlamaModel&>(*this).grad(hf_name));
+  }
   void zero_grad();
+  // Gives a trainable bf16 tensor (model.embed_tokens.weight, lm_head.weight, a decoder linear of
+  // a bf16 base) an fp32 master weight, copied from its bf16 values: trainable_params() hands it
+  // to the optimizer and sync_trainables() rounds it into the bf16 compute copy after each step.
+  // Norms need none (fp32 already). Throws for an NF4 linear (full fine-tuning needs quant none),
+  // a tensor that is not trainable, or an unknown name.
+  void add_master(const std::string& hf_name);
 
   // Loss only; no activations are kept (eval). Returns sum and count of the target CEs.
   // losses (nullable): [B,T] per-position CE, 0 where ignored.
@@ -148,11 +158,17 @@ class LlamaModel {
   void add_lora(const LoraConfig& cfg, uint64_t seed);
   // Adapters with shapes, scale and dropout but no storage (FSDP binds A, B, dA, dB).
   void add_lora_skeleton(const LoraConfig& cfg);
-  // LoRA A, B of every site (layer order; q,k,v,o,gate,up,down; A then B; PEFT names), then any
-  // trainable norm weight (HF name). Trainable bf16 tensors (linears, embeddings) have no fp32
-  // master weight to hand out: throws naming them.
+  // Every trainable fp32 tensor in FSDP unit order (= the layout's trainable entries, so the
+  // single-process and sharded checkpoints list the same names in the same order):
+  //   model.embed_tokens.weight (master);
+  //   per layer: LoRA A, B of every site (q,k,v,o,gate,up,down; A then B; PEFT names), then the
+  //   trainable linears (masters, site order), input_layernorm, post_attention_layernorm;
+  //   model.norm.weight, lm_head.weight (master).
+  // Dense tensors carry their HF names. A trainable bf16 tensor without add_master has no fp32
+  // weight to hand out: throws naming it.
   std::vector<ParamRef> trainable_params();
   void sync_lora();  // refresh compute copies after the optimizer step
+  void sync_trainables();  // sync_lora, then bf16 compute copy = round(master) for every master
   // Dropout masks of the following forward_backward calls: micro-batch i (0, 1, ... counted from
   // this call) of optimizer step `step` uses the stream lora_mask_key(seed, step, i, layer, site).
   // row0: global index of this batch's first token row (B·T rows) when a data-parallel rank holds a
@@ -169,6 +185,7 @@ class LlamaModel {
   std::vector<LlamaBlock> blocks;
   bool embed_trainable = false, lm_head_trainable = false;
   avector<float> embed_grad, lm_head_grad;  // [V,C] when trainable (tied: lm_head grad goes to embed_grad)
+  avector<float> embed_master, lm_head_master;  // [V,C] fp32 masters (add_master), else empty
   const bf16* lm_head_weight() const { return cfg_.tie_word_embeddings ? embed.data() : lm_head_w.data(); }
 
  private:

@@ -29,6 +29,11 @@ std::vector<Chunk> make_chunks(const std::vector<ParamRef>& params) {
 
 }  // namespace
 
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const AdamWConfig& adamw, Backend& be) {
+  if (name == "adamw") return std::make_unique<AdamW>(adamw, be);
+  fail("optim.name: unknown optimizer '", name, "' (expected adamw)");
+}
+
 AdamW::AdamW(const AdamWConfig& c, Backend& be) : cfg_(c), be_(&be) {
   FRUGAL_CHECK(c.beta1 >= 0.f && c.beta1 < 1.f, "AdamW beta1 must be in [0, 1), got ", c.beta1);
   FRUGAL_CHECK(c.beta2 >= 0.f && c.beta2 < 1.f, "AdamW beta2 must be in [0, 1), got ", c.beta2);

@@ -14,6 +14,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,19 +28,54 @@ struct AdamWConfig {
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.f;
 };
 
-class AdamW {
+// One per-element state tensor of a parameter (AdamW: "m" and "v"), the param's shape, fp32.
+// A checkpoint stores it as /optim/<state>/<param name>. `buf` is EMPTY until the optimizer's
+// first step (or a checkpoint load) fills it; an empty buffer means zeros.
+struct OptimStateTensor {
+  std::string state;       // "m", "v", ...
+  avector<float>* buf;     // [numel] or empty
+};
+
+// The optimizer seam: the trainer, both checkpoints and the FSDP shards see only this, so a
+// second optimizer is one new class (and one name in make_optimizer).
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  virtual const char* name() const = 0;
+  // t += 1, then updates every param's master weight w from its gradient g (elementwise or not;
+  // the FSDP shards are params too: "fsdp/<unit>", this rank's shard).
+  virtual void step(const std::vector<ParamRef>& params, float lr) = 0;
+  virtual int64_t t() const = 0;           // steps taken (a checkpoint's adam_t)
+  virtual void set_t(int64_t t) = 0;
+  // The names of the state tensors every param has, in checkpoint order (AdamW: m, v).
+  virtual std::vector<std::string> state_names() const = 0;
+  // The state tensors of a param by name, in state_names() order; an unknown name creates EMPTY
+  // entries (the checkpoint loader resizes and fills them; step() zero-fills them on first use).
+  virtual std::vector<OptimStateTensor> state(const std::string& param) = 0;
+};
+
+// "adamw" -> AdamW(adamw); anything else throws naming the optimizer.
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const AdamWConfig& adamw,
+                                          Backend& be = cpu_backend());
+
+class AdamW : public Optimizer {
  public:
   explicit AdamW(const AdamWConfig& c, Backend& be = cpu_backend());
+  const char* name() const override { return "adamw"; }
   // t += 1, then updates every param with its gradient. State is keyed by param name and created
   // (zeros) on first use; a param whose size differs from its state throws naming it.
-  void step(const std::vector<ParamRef>& params, float lr);
-  int64_t t() const { return t_; }
-  // Checkpoint access: the moments of a param by name. An unknown name creates an EMPTY entry
-  // (the checkpoint loader resizes and fills it; step() zero-fills an empty entry on first use).
+  void step(const std::vector<ParamRef>& params, float lr) override;
+  int64_t t() const override { return t_; }
+  void set_t(int64_t t) override { t_ = t; }
+  std::vector<std::string> state_names() const override { return {"m", "v"}; }
+  std::vector<OptimStateTensor> state(const std::string& param) override {
+    State& s = state_[param];
+    return {{"m", &s.m}, {"v", &s.v}};
+  }
+  // The moments of a param by name (tests). An unknown name creates an EMPTY entry.
   avector<float>& m(const std::string& name) { return state_[name].m; }
   avector<float>& v(const std::string& name) { return state_[name].v; }
   bool has_state(const std::string& name) const { return state_.count(name) != 0; }
-  void set_t(int64_t t) { t_ = t; }
   const AdamWConfig& config() const { return cfg_; }
 
  private:

@@ -63,7 +63,10 @@ void write_peft_adapter(const std::string& dir, const PeftAdapterConfig& cfg,
   for (size_t i = 0; i < tensors.size(); ++i) {
     const AdapterTensor& t = tensors[i];
     char which = 0;
-    if (hf_name_of_peft(t.name, &which).empty()) fail("adapter export: ", t.name, " is not a PEFT LoRA tensor name");
+    bool saved_module = false;  // base_model.model.<module>.weight of a modules_to_save entry
+    for (const std::string& m : cfg.modules_to_save) saved_module = saved_module || t.name == "base_model.model." + m + ".weight";
+    if (!saved_module && hf_name_of_peft(t.name, &which).empty())
+      fail("adapter export: ", t.name, " is neither a PEFT LoRA tensor name nor the weight of a modules_to_save module");
     int64_t n = 1;
     for (int64_t d : t.shape) n *= d;
     if (dtype == DType::F32) {
@@ -96,7 +99,10 @@ void write_peft_adapter(const std::string& dir, const PeftAdapterConfig& cfg,
   j["fan_in_fan_out"] = false;
   j["init_lora_weights"] = true;
   j["use_dora"] = false;
-  j["modules_to_save"] = nullptr;
+  if (cfg.modules_to_save.empty())
+    j["modules_to_save"] = nullptr;
+  else
+    j["modules_to_save"] = cfg.modules_to_save;
   j["layers_to_transform"] = nullptr;
   j["rank_pattern"] = json::object();
   j["alpha_pattern"] = json::object();

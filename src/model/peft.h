@@ -25,6 +25,11 @@ struct PeftAdapterConfig {
   float dropout = 0.f;                  // lora_dropout
   bool rslora = false;                  // use_rslora
   std::vector<std::string> target_modules;  // list form (written sorted, as peft does)
+  // Modules trained densely (train.trainable), full module names such as "model.embed_tokens",
+  // "model.layers.0.input_layernorm", "lm_head": peft wraps every module whose name ends with an
+  // entry (ModulesToSaveWrapper) and its saved adapter holds the trained weight under the module's
+  // name without the adapter name: base_model.model.<module>.weight. Empty: null in the config.
+  std::vector<std::string> modules_to_save;
   float scale() const;                  // alpha/r or alpha/√r
 };
 
@@ -36,7 +41,8 @@ struct AdapterTensor {
 };
 
 // Writes dir/adapter_config.json and dir/adapter_model.safetensors (F32, or BF16 when dtype is
-// DType::BF16), each under a temporary name then renamed. Creates dir.
+// DType::BF16), each under a temporary name then renamed. Creates dir. Tensors: LoRA names, or
+// base_model.model.<m>.weight for m in cfg.modules_to_save (anything else throws naming it).
 void write_peft_adapter(const std::string& dir, const PeftAdapterConfig& cfg,
                         const std::vector<AdapterTensor>& tensors, DType dtype = DType::F32);
 

@@ -63,9 +63,22 @@ AdapterData adapter_from_checkpoint(const std::string& checkpoint) {
 
 void export_adapter(const std::string& checkpoint, const std::string& out_dir, const ExportOptions& opt) {
   AdapterData a = adapter_from_checkpoint(checkpoint);
-  for (const std::string& n : a.names)
-    if (hf_name_of_peft(n, nullptr).empty())
-      fail(checkpoint, ": trainable tensor ", n, " is not a LoRA weight; a PEFT adapter cannot hold it (use --merged)");
+  // Dense trainables (HF names "<module>.weight"): PEFT modules_to_save, stored as
+  // base_model.model.<module>.weight (peft's saved form, without the adapter name).
+  size_t n_lora = 0;
+  for (std::string& n : a.names) {
+    if (!hf_name_of_peft(n, nullptr).empty()) {
+      n_lora++;
+      continue;
+    }
+    const std::string suffix = ".weight";
+    if (n.size() <= suffix.size() || n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0)
+      fail(checkpoint, ": trainable tensor ", n, " is neither a LoRA weight nor a module weight; a PEFT adapter cannot hold it (use --merged)");
+    a.cfg.modules_to_save.push_back(n.substr(0, n.size() - suffix.size()));
+    n = "base_model.model." + n;
+  }
+  if (n_lora == 0)
+    fail(checkpoint, ": no LoRA adapter to export (train.mode = \"full\"?); use --merged");
   write_peft_adapter(out_dir, a.cfg, a.views(), opt.adapter_bf16 ? DType::BF16 : DType::F32);
 }
 

@@ -2,6 +2,8 @@
 // come from). Sizes are bytes per rank; shapes are written out next to each term.
 #include "src/train/plan.h"
 
+#include "src/model/tensors.h"
+
 #include <omp.h>
 #include <unistd.h>
 
@@ -168,7 +170,11 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
 
   ModelOptions mo = r.model_options();
   const LoraConfig* lora = &r.lora;
-  const ModelLayout L = make_model_layout(c, mo, lora, p.fsdp ? o.world : 1);
+  // dense trainables (train.trainable / train.mode = "full") sit in the trainable buffers: their
+  // masters, grads and AdamW state count in the "LoRA + grads + optimizer" row (16 B per float)
+  std::vector<std::string> dense;
+  for (const ModelTensor& t : select_trainable(c, r.train_mode, r.train_trainable)) dense.push_back(t.name);
+  const ModelLayout L = make_model_layout(c, mo, r.train_mode == "lora" ? lora : nullptr, p.fsdp ? o.world : 1, dense);
   const size_t N = (size_t)p.rows * p.seq_len;
   const size_t C = c.hidden_size, V = c.vocab_size, H = c.num_attention_heads;
   const size_t Hkv = c.num_key_value_heads, D = c.head_dim;
@@ -179,7 +185,6 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
   if (p.fsdp) {
     FsdpOptions fo;
     fo.prefetch = r.fsdp_prefetch;
-    fo.offload = r.fsdp_offload;
     const FsdpMemory fm = fsdp_memory_model(L, fo, /*backward=*/true);
     frozen = fm.frozen_shard;
     gathered = fm.gathered_peak + fm.grad_in_flight;
@@ -199,7 +204,7 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
   // LoRA chunk scratch (the backend's lora_forward/backward, main thread, kept): xd [rows,in],
   // dyf [rows,out], du [rows,r], rows = Backend::lora_chunk_rows
   size_t lora_scratch = 0;
-  {
+  if (r.train_mode == "lora") {  // "full": no adapters
     size_t b0 = 0, b1 = 0, b2 = 0;
     for (const Site& s : sites_of(c)) {
       if (!targeted(lora, s.name)) continue;

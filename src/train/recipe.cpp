@@ -102,6 +102,8 @@ const std::vector<KeyDef>& schema() {
       K_INT("train", "micro_batch", micro_batch, "rows per forward/backward, summed over all ranks (under mpirun each rank takes its slice)", "batch_size", "per_device_train_batch_size"),
       K_INT("train", "grad_accum", grad_accum, "micro-batches accumulated per optimizer step", "gradient_accumulation_steps", "accum"),
       K_UINT("train", "seed", seed, "seed of LoRA init, data order and dropout (same seed + threads = same run bit for bit)"),
+      K_STR("train", "mode", train_mode, "lora (adapters on a frozen base) | full (every decoder linear trained with an fp32 master; needs quant.type = \"none\")", "finetuning_type"),
+      K_LIST("train", "trainable", train_trainable, "base tensors trained densely (fp32 masters) besides the adapters, by module name as PEFT modules_to_save: embed_tokens, norm (final), input_layernorm, post_attention_layernorm, lm_head (untied), or a linear (q_proj, ...)", "modules_to_save"),
       K_BOOL("train", "activation_checkpointing", activation_checkpointing, "recompute each block in backward instead of keeping its activations", "gradient_checkpointing"),
       K_INT("train", "log_every", log_every, "print a log line every N steps", "logging_steps"),
       K_STR("train", "output_dir", output_dir, "run directory: metrics.jsonl, checkpoints/, the effective recipe"),
@@ -470,6 +472,10 @@ void Recipe::validate(const std::string& where) const {
   need(steps >= 1, "train.steps", steps, "must be >= 1");
   need(micro_batch >= 1, "train.micro_batch", micro_batch, "must be >= 1");
   need(grad_accum >= 1, "train.grad_accum", grad_accum, "must be >= 1");
+  one_of("train.mode", train_mode, {"lora", "full"});
+  if (train_mode == "full" && quant_type != "none")
+    fail(where, ": train.mode = \"full\" trains the decoder linears with fp32 masters and needs an unquantized base "
+         "(quant.type = \"none\"), got quant.type = \"", quant_type, "\"");
   need(log_every >= 1, "train.log_every", log_every, "must be >= 1");
   need(!output_dir.empty(), "train.output_dir", "\"\"", "must not be empty");
   // [checkpoint]

@@ -54,6 +54,8 @@ struct Recipe {
   int grad_accum = 1;
   uint64_t seed = 1234;
   bool activation_checkpointing = false;
+  std::string train_mode = "lora";        // lora | full (every decoder linear of a bf16 base, fp32 masters)
+  std::vector<std::string> train_trainable;  // dense tensors trained besides LoRA (src/model/tensors.h select_trainable)
   int log_every = 1;
   std::string output_dir = "runs/run";
   // [checkpoint]

@@ -20,6 +20,7 @@
 #include "src/model/checkpoint.h"
 #include "src/model/init.h"
 #include "src/model/lora.h"
+#include "src/model/tensors.h"
 #include "src/train/progress.h"
 
 namespace frugal {
@@ -49,7 +50,7 @@ static std::string model_dir_of(const Recipe& r) {
 
 Trainer::~Trainer() = default;
 
-Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(r.adamw) {
+Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(make_optimizer(r.optim_name, r.adamw)) {
   if (!comm) {
     own_comm_ = make_world_communicator();
     comm = own_comm_.get();
@@ -86,9 +87,15 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(r.adamw) {
   }
   comm_->barrier();
   const ModelOptions mo = r_.model_options();
+  const bool lora = r_.train_mode == "lora";  // "full": no adapters, the linears themselves train
   if (W == 1) {
     model_ = std::make_unique<LlamaModel>(LlamaModel::load(dir, mo));
-    model_->add_lora(r_.lora, r_.seed);
+    if (lora) model_->add_lora(r_.lora, r_.seed);
+    // dense trainables (train.mode / train.trainable): a gradient, and an fp32 master for bf16 ones
+    for (const ModelTensor& t : select_trainable(model_->config(), r_.train_mode, r_.train_trainable)) {
+      model_->set_trainable(t.name);
+      if (!t.fp32()) model_->add_master(t.name);
+    }
     params_ = model_->trainable_params();
   } else {
     // Sharded: a skeleton model whose tensors Fsdp binds just in time; this rank reads and
@@ -97,17 +104,25 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(r.adamw) {
     if (cfg.architecture != "LlamaForCausalLM")
       fail("model ", dir, ": architecture ", cfg.architecture, " is not supported (LlamaForCausalLM)");
     model_ = std::make_unique<LlamaModel>(LlamaModel::skeleton(cfg, mo));
-    model_->add_lora_skeleton(r_.lora);
-    layout_ = std::make_unique<ModelLayout>(make_model_layout(cfg, mo, &r_.lora, W));
+    if (lora) model_->add_lora_skeleton(r_.lora);
+    // dense trainables: masters in the units' trainable buffers, full-size grads in the model
+    std::vector<std::string> dense;
+    for (const ModelTensor& t : select_trainable(cfg, r_.train_mode, r_.train_trainable)) {
+      model_->set_trainable(t.name);
+      dense.push_back(t.name);
+    }
+    layout_ = std::make_unique<ModelLayout>(make_model_layout(cfg, mo, lora ? &r_.lora : nullptr, W, dense));
     auto shards = load_frozen_shards(dir, *layout_, *comm_);
     FsdpOptions fo;
     fo.prefetch = r_.fsdp_prefetch;
-    fo.offload = r_.fsdp_offload;
     fsdp_ = std::make_unique<Fsdp>(*model_, *layout_, *comm_, fo, std::move(shards));
     fsdp_->init_lora(r_.seed);
+    std::vector<float*> w;
+    for (const UnitLayout& u : layout_->units) w.push_back(fsdp_->train_shard(u.index));
+    load_dense_shards(dir, *layout_, comm_->rank(), w);
     params_ = fsdp_->shard_params();
   }
-  if (params_.empty()) fail(r_.path, ": nothing to train (lora.target_modules selects no linear)");
+  if (params_.empty()) fail(r_.path, ": nothing to train (lora.target_modules selects no linear, train.trainable is empty)");
 
   setup_data();
 
@@ -172,21 +187,23 @@ static std::vector<std::pair<std::string, std::string>> toml_keys(const std::str
   return kv;
 }
 
-// This rank's master / m / v shards per unit, for the sharded checkpoint. AdamW creates its state
-// on the first step: before it, the moments are zeros of the shard's size.
-static ShardBuffers shard_buffers(const ModelLayout& L, Fsdp& f, AdamW& opt) {
+// This rank's master and optimizer-state shards per unit, for the sharded checkpoint. The
+// optimizer creates its state on the first step: before it, the state is zeros of the shard's size.
+static ShardBuffers shard_buffers(const ModelLayout& L, Fsdp& f, Optimizer& opt) {
   ShardBuffers b;
-  b.w.assign(L.units.size(), nullptr), b.m.assign(L.units.size(), nullptr), b.v.assign(L.units.size(), nullptr);
+  b.w.assign(L.units.size(), nullptr);
+  for (const std::string& s : opt.state_names()) b.state.push_back({s, std::vector<float*>(L.units.size(), nullptr)});
   for (const ParamRef& p : f.shard_params()) {
     int u = -1;
     for (const UnitLayout& ul : L.units)
       if (p.name == "fsdp/" + ul.name) u = ul.index;
     FRUGAL_CHECK(u >= 0, "internal: shard param ", p.name, " has no unit");
-    avector<float>& m = opt.m(p.name);
-    avector<float>& v = opt.v(p.name);
-    if (m.empty()) m.assign(p.numel, 0.f);
-    if (v.empty()) v.assign(p.numel, 0.f);
-    b.w[u] = p.w, b.m[u] = m.data(), b.v[u] = v.data();
+    b.w[u] = p.w;
+    std::vector<OptimStateTensor> st = opt.state(p.name);
+    for (size_t k = 0; k < st.size(); k++) {
+      if (st[k].buf->empty()) st[k].buf->assign(p.numel, 0.f);
+      b.state[k].unit[u] = st[k].buf->data();
+    }
   }
   return b;
 }
@@ -194,10 +211,10 @@ static ShardBuffers shard_buffers(const ModelLayout& L, Fsdp& f, AdamW& opt) {
 void Trainer::resume(const std::string& path) {
   TrainState st;
   if (fsdp_) {
-    ShardBuffers sb = shard_buffers(*layout_, *fsdp_, opt_);
+    ShardBuffers sb = shard_buffers(*layout_, *fsdp_, *opt_);
     st = load_sharded_checkpoint(path, *layout_, sb, true);
   } else {
-    st = load_checkpoint(path, params_, &opt_);
+    st = load_checkpoint(path, params_, opt_.get());
   }
   // The adapter's function must be the one that was trained (rank and targets are checked by the
   // tensor shapes/names; alpha, rsLoRA and dropout are not visible in them).
@@ -229,11 +246,11 @@ void Trainer::resume(const std::string& path) {
     r_.seed = st.seed;
     setup_data();
   }
-  opt_.set_t(st.adam_t);
+  opt_->set_t(st.adam_t);
   loader_->restore(st.cursor);
   step_ = st.step;
   tokens_seen_ = st.tokens_seen;
-  if (!fsdp_) model_->sync_lora();
+  if (!fsdp_) model_->sync_trainables();
   resumed_ = true;
   if (verbose && root()) std::fprintf(stderr, "frugal train: resumed from %s at step %lld\n", path.c_str(), (long long)step_);
 }
@@ -241,16 +258,16 @@ void Trainer::resume(const std::string& path) {
 void Trainer::save(const std::string& path) {
   TrainState st;
   st.step = step_;
-  st.adam_t = opt_.t();
+  st.adam_t = opt_->t();
   st.seed = r_.seed;
   st.cursor = loader_->cursor();
   st.tokens_seen = tokens_seen_;
   st.recipe_toml = r_.to_toml();
   st.base_model = fs::absolute(model_dir_of(r_)).string();
   if (fsdp_)
-    save_sharded_checkpoint(path, st, *layout_, shard_buffers(*layout_, *fsdp_, opt_));
+    save_sharded_checkpoint(path, st, *layout_, shard_buffers(*layout_, *fsdp_, *opt_));
   else
-    save_checkpoint(path, st, params_, opt_);
+    save_checkpoint(path, st, params_, *opt_);
 }
 
 std::vector<std::pair<std::string, avector<float>>> Trainer::gather_lora() {
@@ -293,6 +310,7 @@ StepMetrics Trainer::train_step() {
     b.ids = ids_.data() + j * rows + (size_t)b0 * T;
     b.targets = targets_.data() + j * rows + (size_t)b0 * T;
     st += model_->forward_backward(b, gscale);
+    if (fsdp_) fsdp_->reduce_dense_grads();  // dense trainables' grads into this rank's shards
   }
   if (fsdp_) {
     double v[2] = {st.loss_sum, (double)st.n_targets};
@@ -313,8 +331,8 @@ StepMetrics Trainer::train_step() {
     m.grad_norm = clip_grad_norm(params_, r_.grad_clip);
   }
   m.lr = sched_.at(step_);
-  opt_.step(params_, m.lr);
-  if (!fsdp_) model_->sync_lora();
+  opt_->step(params_, m.lr);
+  if (!fsdp_) model_->sync_trainables();  // bf16 compute copies of the updated masters
   step_++;
   m.tokens = (int64_t)(A * rows);
   tokens_seen_ += (double)m.tokens;

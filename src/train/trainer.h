@@ -73,7 +73,7 @@ class Trainer {
   const Recipe& recipe() const { return r_; }
   std::vector<ParamRef>& params() { return params_; }
   const TokenDataset& dataset() const { return ds_; }
-  const AdamW& optimizer() const { return opt_; }
+  const Optimizer& optimizer() const { return *opt_; }
   double tokens_seen() const { return tokens_seen_; }
   // ids / targets of the last step: [grad_accum, micro_batch, seq_len]
   const std::vector<int32_t>& last_ids() const { return ids_; }
@@ -92,7 +92,7 @@ class Trainer {
   std::unique_ptr<Fsdp> fsdp_;                 // sharded runs
   TokenDataset ds_;
   std::unique_ptr<BatchLoader> loader_;
-  AdamW opt_;
+  std::unique_ptr<Optimizer> opt_;            // recipe optim.name (make_optimizer)
   LRSchedule sched_;
   std::vector<ParamRef> params_;
   int64_t step_ = 0;
