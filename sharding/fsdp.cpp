@@ -192,7 +192,7 @@ void Fsdp::init_lora(uint64_t seed) {
 
 double Fsdp::global_grad_norm() {
   // each rank's fp64 sum of squares (optim's fixed-order chunks), summed over the ranks
-  return std::sqrt(comm_.all_reduce_value(grad_sq_sum(params_), CommOp::Sum));
+  return std::sqrt(comm_.all_reduce_value(grad_sq_sum(params_, m_.backend()), CommOp::Sum));
 }
 
 void Fsdp::gather_trainable(int u, float* out) {

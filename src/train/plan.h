@@ -9,7 +9,7 @@
 //   dequant scratch     kernels/cpu/linear.cpp: each OpenMP thread keeps one NF4 tile, the largest
 //                       over every linear's forward [tr, in] and backward_input [tr, ti] tiles (bf16)
 //   LoRA state          A, B, dA, dB, AdamW m, v: 16 B per trainable fp32 (FSDP: per shard float)
-//                       + the LoRA chunk scratch of src/model/lora.cpp (3 fp32 buffers, main thread)
+//                       + the LoRA chunk scratch of kernels/cpu/lora.cpp (3 fp32 buffers, main thread)
 //   activations         exactly LlamaModel::memory_report().activation_bytes after a
 //                       forward_backward on this rank's [rows, seq_len] batch (plan_activation_bytes)
 //   logits chunk        kernels/cpu/lm_head_ce.cpp scratch for one [row chunk, vocab chunk]

@@ -50,7 +50,8 @@ static std::string model_dir_of(const Recipe& r) {
 
 Trainer::~Trainer() = default;
 
-Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r), opt_(make_optimizer(r.optim_name, r.adamw)) {
+Trainer::Trainer(const Recipe& r, Communicator* comm)
+    : r_(r), opt_(make_optimizer(r.optim_name, r.adamw, backend_by_name(r.device_backend))) {
   if (!comm) {
     own_comm_ = make_world_communicator();
     comm = own_comm_.get();
@@ -297,7 +298,7 @@ StepMetrics Trainer::train_step() {
   // every rank holds the whole global batch's ids (cheap), so n is the global target count
   const int64_t n = count_targets(targets_.data(), targets_.size());
   const float gscale = n > 0 ? (float)(1.0 / (double)n) : 1.f;  // no targets: all grads are 0
-  zero_grads(params_);
+  zero_grads(params_, model_->backend());
   // this rank's rows of every micro-batch
   const int W = comm_->world(), rank = comm_->rank();
   const int b0 = (int)((int64_t)B * rank / W), b1 = (int)((int64_t)B * (rank + 1) / W);
@@ -326,9 +327,9 @@ StepMetrics Trainer::train_step() {
   if (fsdp_) {
     // torch.nn.utils.clip_grad_norm_ over the shards: the norm is global, the scaling local
     m.grad_norm = fsdp_->global_grad_norm();
-    clip_grads(params_, r_.grad_clip, m.grad_norm);
+    clip_grads(params_, r_.grad_clip, m.grad_norm, model_->backend());
   } else {
-    m.grad_norm = clip_grad_norm(params_, r_.grad_clip);
+    m.grad_norm = clip_grad_norm(params_, r_.grad_clip, model_->backend());
   }
   m.lr = sched_.at(step_);
   opt_->step(params_, m.lr);
