@@ -308,8 +308,7 @@ void Fsdp::bind_dense(int u, const TrainEntry& e, float* w, Slot& s) {
   }
   avector<bf16>& c = s.bf16_copies.emplace_back(e.numel);
   bf16* d = c.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < (int64_t)e.numel; i++) d[i] = bf16::from_float(w[i]);
+  m_.backend().to_bf16(w, d, e.numel);  // d: [numel] bf16 = round-to-nearest-even(w)
   if (u == L_.embed_unit()) return m_.embed.view(d, e.numel);
   if (u == L_.head_unit()) return m_.lm_head_w.view(d, e.numel);
   for (LinearSite* site : m_.blocks[u - 1].sites())
@@ -336,7 +335,7 @@ void Fsdp::reduce_dense_grads() {
       avector<float>& g = m_.grad(e.site);
       FRUGAL_CHECK(g.size() == e.numel, "FSDP: gradient of ", e.site, " has ", g.size(), " elements, expected ", e.numel);
       std::memcpy(full.data() + e.offset, g.data(), e.numel * sizeof(float));
-      std::fill(g.begin(), g.end(), 0.f);
+      m_.backend().zero(g.data(), g.size());
     }
     const auto t0 = Clock::now();
     comm_.reduce_scatter(std::span<const float>(full.data(), ul.train_padded), std::span<float>(recv.data(), ul.train_shard));
@@ -345,8 +344,7 @@ void Fsdp::reduce_dense_grads() {
     stats_.exposed_reduce_scatter_seconds += dt;
     stats_.reduce_scattered_bytes += 4.0 * (double)ul.train_padded;
     stats_.reduce_scatters++;
-    float* gs = g_[ul.index].data();
-    for (size_t i = 0; i < ul.train_shard; i++) gs[i] += recv[i];
+    m_.backend().add(g_[ul.index].data(), recv.data(), ul.train_shard);  // shard grad [train_shard] += the sum
   }
 }
 

@@ -69,7 +69,7 @@ struct UnitBuilder {
     e.name = which == 'W' ? site : peft_lora_name(site, which);
     e.site = site;
     e.which = which;
-    e.numel = (size_t)(shape.size() == 2 ? shape[0] * shape[1] : shape[0]);
+    e.numel = (size_t)shape_numel(shape);
     e.shape = std::move(shape);
     e.offset = round_up(u.train_numel, 16);
     u.train_numel = e.offset + e.numel;
@@ -118,7 +118,7 @@ ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, c
     b.u.name = u == 0 ? "embed" : u == L + 1 ? "head" : "layers." + std::to_string(u - 1);
     for (const ModelTensor& t : tensors) {
       if (t.unit != u || is_dense(t.name)) continue;
-      const int64_t n = t.shape.size() == 2 ? t.shape[0] * t.shape[1] : t.shape[0];
+      const int64_t n = shape_numel(t.shape);
       if (t.kind == TensorKind::Norm) {
         b.add(t.name, FrozenPart::F32, t.shape, (size_t)n * 4);
       } else if (t.kind == TensorKind::Linear && opt.quant == QuantMode::NF4) {

@@ -39,12 +39,6 @@ std::pair<size_t, size_t> entry_overlap(const FrozenEntry& e, size_t lo, size_t 
   return {b - e.offset, x - e.offset};
 }
 
-int64_t numel_of(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
 // Elements [i0, i1) of t converted to T (bf16 or fp32) straight into dst (T-aligned: entries
 // start on 64-byte boundaries and the shard cuts between elements), a slice of scratch_elems at a
 // time so that the mapped pages read can be dropped as we go.
@@ -112,7 +106,7 @@ avector<float> shard_tensor_local(const TensorView& t, const UnitLayout& u, cons
       }
       case FrozenPart::NF4Codes: {
         const int bs = L.opt.nf4_blocksize;
-        const int64_t n = numel_of(e.shape);
+        const int64_t n = shape_numel(e.shape);
         const auto [b0, b1] = nf4_owned_blocks(e, bs, lo, hi);
         absmax.assign((size_t)(b1 - b0), 0.f);
         const int64_t chunk_blocks = std::max<int64_t>(1, scratch_elems / bs);
@@ -206,7 +200,7 @@ std::vector<avector<uint8_t>> load_frozen_shards(const std::string& model_dir, c
       if (!codes) continue;
       // Every rank's block range from the layout; parts padded to the largest one.
       const int bs = L.opt.nf4_blocksize;
-      const int64_t nb = (numel_of(codes->shape) + bs - 1) / bs;
+      const int64_t nb = (shape_numel(codes->shape) + bs - 1) / bs;
       std::vector<std::pair<int64_t, int64_t>> ranges(W);
       int64_t maxc = 0, covered = 0;
       for (int r = 0; r < W; ++r) {
@@ -269,7 +263,7 @@ void pack_unit_frozen(const LlamaModel& m, const UnitLayout& u, uint8_t* out) {
   std::memset(out, 0, u.frozen_padded);
   for (const FrozenEntry& e : u.frozen) {
     const Source s = find_source(m, e.tensor);
-    const int64_t n = numel_of(e.shape);
+    const int64_t n = shape_numel(e.shape);
     const void* src = nullptr;
     size_t bytes = 0;
     auto nf4 = [&]() -> const quant::NF4Tensor& {

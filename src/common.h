@@ -48,6 +48,13 @@ std::string shape_str(const std::vector<I>& s) {
   return r + "]";
 }
 
+// Elements of a tensor of that shape (1 for a scalar []).
+inline int64_t shape_numel(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
 inline constexpr int32_t kIgnoreIndex = -100;  // target value of a position without loss
 
 template <class... A>
@@ -100,6 +107,33 @@ struct AlignedAllocator {
 // avector<T>: std::vector with 64-byte aligned storage.
 template <class T>
 using avector = std::vector<T, AlignedAllocator<T>>;
+
+// Makes v exactly n elements, reallocating (and dropping the old storage) only when the size
+// differs: activation and gradient buffers follow the batch shape without keeping a larger
+// capacity. New elements are value-initialized; a kept buffer keeps its contents.
+template <class T>
+void resize_exact(avector<T>& v, std::size_t n) {
+  if (v.size() != n) {
+    avector<T>().swap(v);
+    v.resize(n);
+  }
+}
+
+// Makes v at least n elements (reallocating fresh when it must grow, never shrinking): reusable
+// scratch that is bounded by its largest use.
+template <class T>
+void grow_to(avector<T>& v, std::size_t n) {
+  if (v.size() < n) {
+    avector<T>().swap(v);
+    v.resize(n);
+  }
+}
+
+// Bytes held by a vector-like buffer (size() elements).
+template <class V>
+std::size_t vec_bytes(const V& v) {
+  return v.size() * sizeof(v[0]);
+}
 
 // Buf<T>: 64-byte aligned storage that either owns its elements (an avector) or views memory owned
 // elsewhere. FSDP (sharding/fsdp.h) binds a block's weights to slices of the unit buffer it has

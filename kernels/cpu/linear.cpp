@@ -101,10 +101,7 @@ void check_weight(const FrozenWeight& W, const char* who) {
 // The calling thread's dequantization scratch (kept between calls: bounded by one tile).
 bf16* thread_scratch(size_t n) {
   thread_local avector<bf16> buf;
-  if (buf.size() < n) {
-    avector<bf16>().swap(buf);
-    buf.resize(n);
-  }
+  grow_to(buf, n);
   return buf.data();
 }
 

@@ -21,10 +21,7 @@ constexpr int64_t kRowsBudget = 1 << 20;  // fp32 elements per chunk buffer (4 M
 
 float* scratch(int which, size_t n) {  // per-thread reusable buffers (bounded by one chunk)
   thread_local avector<float> buf[3];
-  if (buf[which].size() < n) {
-    avector<float>().swap(buf[which]);
-    buf[which].resize(n);
-  }
+  grow_to(buf[which], n);
   return buf[which].data();
 }
 

@@ -101,9 +101,7 @@ const char* kind_name(Kind k) {
 }
 
 int64_t DatasetInfo::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  return shape_numel(shape);
 }
 
 namespace {

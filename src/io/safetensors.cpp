@@ -63,9 +63,7 @@ bool dtype_from_name(const std::string& s, DType* out) {
 }
 
 int64_t TensorView::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  return shape_numel(shape);
 }
 
 // ---- parsing -------------------------------------------------------------------------------

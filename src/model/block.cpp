@@ -9,20 +9,6 @@ namespace frugal {
 
 namespace {
 
-template <class T>
-void ensure(avector<T>& v, size_t n) {
-  if (v.size() != n) {
-    v.clear();
-    v.shrink_to_fit();
-    v.resize(n);
-  }
-}
-
-template <class V>
-size_t vbytes(const V& v) {
-  return v.size() * sizeof(v[0]);
-}
-
 // One op of the block, timed when the pass has a timer.
 template <class F>
 void op(OpTimer* t, const char* name, F&& f) {
@@ -54,32 +40,32 @@ void linear_site_backward(LinearSite& L, const bf16* dy, const bf16* x, float* d
 
 void BlockActs::resize(const LlamaConfig& c, size_t N) {
   const size_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
-  ensure(rstd1, N), ensure(rstd2, N);
-  ensure(q, N * Q), ensure(k, N * KV), ensure(v, N * KV), ensure(att, N * Q);
-  ensure(lse, N * c.num_attention_heads), ensure(h, N * C), ensure(gate, N * F), ensure(up, N * F);
-  ensure(n1, N * C), ensure(n2, N * C);
+  resize_exact(rstd1, N), resize_exact(rstd2, N);
+  resize_exact(q, N * Q), resize_exact(k, N * KV), resize_exact(v, N * KV), resize_exact(att, N * Q);
+  resize_exact(lse, N * c.num_attention_heads), resize_exact(h, N * C), resize_exact(gate, N * F), resize_exact(up, N * F);
+  resize_exact(n1, N * C), resize_exact(n2, N * C);
 }
 
 size_t BlockActs::bytes() const {
-  return vbytes(rstd1) + vbytes(q) + vbytes(k) + vbytes(v) + vbytes(att) + vbytes(lse) + vbytes(h) +
-         vbytes(rstd2) + vbytes(gate) + vbytes(up) + vbytes(n1) + vbytes(n2);
+  return vec_bytes(rstd1) + vec_bytes(q) + vec_bytes(k) + vec_bytes(v) + vec_bytes(att) + vec_bytes(lse) + vec_bytes(h) +
+         vec_bytes(rstd2) + vec_bytes(gate) + vec_bytes(up) + vec_bytes(n1) + vec_bytes(n2);
 }
 
 void BlockScratch::resize(const LlamaConfig& c, size_t N, bool backward) {
   const size_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
-  ensure(act, N * F);
-  ensure(x_bf, N * std::max(Q, F));
+  resize_exact(act, N * F);
+  resize_exact(x_bf, N * std::max(Q, F));
   if (backward) {
-    ensure(dtmp, N * C), ensure(dn, N * C);
-    ensure(dact, N * F), ensure(dgate, N * F), ensure(dup, N * F);
-    ensure(dq, N * Q), ensure(dk, N * KV), ensure(dv, N * KV), ensure(datt, N * Q);
-    ensure(dy_bf, N * std::max({C, Q, F}));
+    resize_exact(dtmp, N * C), resize_exact(dn, N * C);
+    resize_exact(dact, N * F), resize_exact(dgate, N * F), resize_exact(dup, N * F);
+    resize_exact(dq, N * Q), resize_exact(dk, N * KV), resize_exact(dv, N * KV), resize_exact(datt, N * Q);
+    resize_exact(dy_bf, N * std::max({C, Q, F}));
   }
 }
 
 size_t BlockScratch::bytes() const {
-  size_t b = vbytes(act) + vbytes(x_bf) + vbytes(dy_bf);
-  for (const auto* v : {&dtmp, &dact, &dgate, &dup, &dq, &dk, &dv, &datt, &dn}) b += vbytes(*v);
+  size_t b = vec_bytes(act) + vec_bytes(x_bf) + vec_bytes(dy_bf);
+  for (const auto* v : {&dtmp, &dact, &dgate, &dup, &dq, &dk, &dv, &datt, &dn}) b += vec_bytes(*v);
   return b;
 }
 

@@ -15,9 +15,7 @@ namespace {
 
 void check_param(const ParamRef& p, const std::string& where) {
   check_checkpoint_param_name(p.name, where);
-  int64_t n = 1;
-  for (int64_t d : p.shape) n *= d;
-  if (size_t(n) != p.numel)
+  if (size_t(shape_numel(p.shape)) != p.numel)
     fail(where, ": parameter '", p.name, "': numel ", p.numel, " does not match its shape");
 }
 

@@ -14,16 +14,6 @@
 
 namespace frugal {
 
-namespace {
-template <class T>
-void ensure(avector<T>& v, size_t n) {
-  if (v.size() < n) {
-    avector<T>().swap(v);
-    v.resize(n);
-  }
-}
-}  // namespace
-
 // ---- the KV cache as an attention strategy -----------------------------------------------------
 
 KvCacheAttention::KvCacheAttention(const LlamaConfig& c, int max_seq)
@@ -85,7 +75,7 @@ void Generator::ensure_rows(int T) {
   const size_t C = c.hidden_size;
   acts_.resize(c, (size_t)T);
   scratch_.resize(c, (size_t)T, false);
-  ensure(x_, T * C), ensure(y_, T * C), ensure(rstd_, 1), ensure(xf_bf_, C);
+  grow_to(x_, T * C), grow_to(y_, T * C), grow_to(rstd_, 1), grow_to(xf_bf_, C);
   cap_T_ = T;
 }
 

@@ -27,9 +27,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 int64_t TensorSpec::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  return shape_numel(shape);
 }
 
 std::vector<TensorSpec> llama_tensor_specs(const LlamaConfig& c) {

@@ -95,10 +95,7 @@ void lora_forward(Backend& be, LoraAdapter& a, const bf16* x, float* y, int N) {
   const int r = a.r;
   FRUGAL_CHECK(N >= 0 && a.A.size() == (size_t)r * a.in && a.B.size() == (size_t)a.out * r,
                "lora_forward: adapter (layer ", a.layer, ", site ", a.site, ") is malformed");
-  if (a.u.size() != (size_t)N * r) {
-    avector<float>().swap(a.u);
-    a.u.resize((size_t)N * r);
-  }
+  resize_exact(a.u, (size_t)N * r);  // u: [N,r] fp32
   a.saved_rows = N;
   be.lora_forward(a.dims(), a.A.data(), a.B.data(), x, a.u.data(), y, N);  // u [N,r], y [N,out] +=
 }

@@ -13,15 +13,6 @@ namespace frugal {
 
 // ---- small helpers ---------------------------------------------------------------------------
 
-template <class T>
-static void ensure(avector<T>& v, size_t n) {
-  if (v.size() != n) {
-    v.clear();
-    v.shrink_to_fit();
-    v.resize(n);
-  }
-}
-
 QuantMode parse_quant_mode(const std::string& s) {
   if (s == "none") return QuantMode::None;
   if (s == "nf4") return QuantMode::NF4;
@@ -56,15 +47,15 @@ void LlamaModel::prepare(int B, int T, bool for_backward) {
 
   // block inputs: all L+1 for backward (they are the checkpoints too), a ping-pong pair for eval
   xs_.resize(for_backward ? L + 1 : 2);
-  for (auto& x : xs_) ensure(x, N * C);
+  for (auto& x : xs_) resize_exact(x, N * C);
   // per-block activations: one set per block, or one scratch set (eval / checkpointing)
   acts_.resize(for_backward && !opt_.checkpoint ? L : 1);
   for (auto& a : acts_) a.resize(cfg_, N);
   scratch_.resize(cfg_, N, for_backward);
-  ensure(rstdf_, N);
-  ensure(xf_bf_, N * C);
-  ensure(tmpC_, N * C);
-  if (for_backward) ensure(d_x0_, N * C), ensure(dres_, N * C);
+  resize_exact(rstdf_, N);
+  resize_exact(xf_bf_, N * C);
+  resize_exact(tmpC_, N * C);
+  if (for_backward) resize_exact(d_x0_, N * C), resize_exact(dres_, N * C);
 }
 
 void LlamaModel::embed_input(const Batch& b, float* x0) {
@@ -215,18 +206,18 @@ void LlamaModel::set_trainable(const std::string& n, bool on) {
   const size_t VC = (size_t)cfg_.vocab_size * cfg_.hidden_size;
   if (LinearSite* s = find_linear(n)) {
     s->trainable = on;
-    if (on) ensure(s->grad, (size_t)s->W.out * s->W.in); else avector<float>().swap(s->grad), avector<float>().swap(s->master);
+    if (on) resize_exact(s->grad, (size_t)s->W.out * s->W.in); else avector<float>().swap(s->grad), avector<float>().swap(s->master);
   } else if (NormParam* p = find_norm(n)) {
     p->trainable = on;
-    if (on) ensure(p->grad, (size_t)cfg_.hidden_size); else avector<float>().swap(p->grad);  // [C] (also on a skeleton)
+    if (on) resize_exact(p->grad, (size_t)cfg_.hidden_size); else avector<float>().swap(p->grad);  // [C] (also on a skeleton)
   } else if (n == "model.embed_tokens.weight") {
     embed_trainable = on;
-    if (on) ensure(embed_grad, VC); else avector<float>().swap(embed_grad), avector<float>().swap(embed_master);
+    if (on) resize_exact(embed_grad, VC); else avector<float>().swap(embed_grad), avector<float>().swap(embed_master);
   } else if (n == "lm_head.weight") {
     if (cfg_.tie_word_embeddings)
       fail("lm_head.weight is tied to model.embed_tokens.weight; mark that one trainable");
     lm_head_trainable = on;
-    if (on) ensure(lm_head_grad, VC); else avector<float>().swap(lm_head_grad), avector<float>().swap(lm_head_master);
+    if (on) resize_exact(lm_head_grad, VC); else avector<float>().swap(lm_head_grad), avector<float>().swap(lm_head_master);
   } else {
     fail("set_trainable: no tensor named '", n, "' in the model");
   }
@@ -245,7 +236,7 @@ void LlamaModel::add_master(const std::string& n) {
   auto fill = [&](avector<float>& master, const Buf<bf16>& w, size_t numel) {
     FRUGAL_CHECK(w.size() == numel, "add_master: ", n, " has no weights loaded");
     master.resize(numel);
-    for (size_t i = 0; i < numel; i++) master[i] = w[i].to_float();
+    be_->to_f32(w.data(), master.data(), numel);  // master: [numel] fp32 = the bf16 weight (exact)
   };
   if (LinearSite* s = find_linear(n)) {
     if (!s->trainable) fail("add_master: ", n, " is not trainable (set_trainable first)");
@@ -281,12 +272,13 @@ void LlamaModel::zero_grad() {
 
 MemoryReport LlamaModel::memory_report() const {
   MemoryReport r;
-  auto fb = [](const auto& v) { return v.size() * sizeof(v[0]); };
+  auto fb = [](const auto& v) { return vec_bytes(v); };
   for (const auto& blk : blocks) {
     for (const LinearSite* s : blk.sites()) {
       r.frozen_linear_bytes += s->W.bytes();
       r.frozen_linear_params += (size_t)s->W.out * s->W.in;
       r.grad_bytes += fb(s->grad);
+      r.master_bytes += fb(s->master);
       if (s->lora) {
         r.lora_bytes += s->lora->weight_bytes();
         r.lora_params += s->lora->A.size() + s->lora->B.size();
@@ -299,8 +291,6 @@ MemoryReport LlamaModel::memory_report() const {
   }
   r.norm_bytes += fb(norm.w);
   r.grad_bytes += fb(norm.grad) + fb(embed_grad) + fb(lm_head_grad);
-  for (const auto& blk : blocks)
-    for (const LinearSite* s : blk.sites()) r.master_bytes += fb(s->master);
   r.master_bytes += fb(embed_master) + fb(lm_head_master);
   r.embedding_bytes = fb(embed) + fb(lm_head_w);
   for (const auto& x : xs_) r.activation_bytes += fb(x);

@@ -64,11 +64,10 @@ void write_peft_adapter(const std::string& dir, const PeftAdapterConfig& cfg,
     const AdapterTensor& t = tensors[i];
     char which = 0;
     bool saved_module = false;  // base_model.model.<module>.weight of a modules_to_save entry
-    for (const std::string& m : cfg.modules_to_save) saved_module = saved_module || t.name == "base_model.model." + m + ".weight";
+    for (const std::string& m : cfg.modules_to_save) saved_module = saved_module || t.name == kPrefix + m + ".weight";
     if (!saved_module && hf_name_of_peft(t.name, &which).empty())
       fail("adapter export: ", t.name, " is neither a PEFT LoRA tensor name nor the weight of a modules_to_save module");
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
+    const int64_t n = shape_numel(t.shape);
     if (dtype == DType::F32) {
       w.add(t.name, DType::F32, t.shape, t.data, (size_t)n * sizeof(float));
     } else {
