@@ -5,5 +5,5 @@ set -euo pipefail
 VENV=${FRUGAL_VENV:-/opt/frugal-venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q torch transformers peft bitsandbytes tokenizers safetensors numpy gguf h5py
+"$VENV/bin/pip" install -q torch transformers peft bitsandbytes tokenizers safetensors numpy gguf h5py galore-torch
 echo "venv ready: $VENV"

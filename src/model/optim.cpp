@@ -160,3 +160,30 @@ float LRSchedule::at(int64_t step) const {
 }
 
 }  // namespace frugal
+
+namespace frugal {
+
+std::vector<OptimStatePart> Optimizer::state_parts(const std::vector<ParamRef>& params) {
+  std::vector<OptimStatePart> out;
+  const std::vector<std::string> names = state_names();
+  for (const ParamRef& p : params) {
+    std::vector<OptimStateTensor> st = state(p.name);
+    FRUGAL_CHECK(st.size() == names.size(), "internal: ", name(), " lists ", names.size(), " states but gives ",
+                 st.size(), " for ", p.name);
+    for (OptimStateTensor& t : st)
+      if (t.buf->size() != p.numel) t.buf->assign(p.numel, 0.f);  // empty = zeros: make them real
+    if (p.pieces.empty()) {
+      for (size_t k = 0; k < st.size(); k++)
+        out.push_back({names[k], p.name, p.shape, 0, p.numel, 0, p.numel, st[k].buf->data()});
+      continue;
+    }
+    // per tensor of the flat shard, state by state (the order the checkpoint lists them)
+    for (const ParamPiece& pc : p.pieces)
+      for (size_t k = 0; k < st.size(); k++)
+        out.push_back({names[k], pc.name, pc.shape, pc.begin, pc.end, pc.begin, pc.end,
+                       st[k].buf->data() + pc.offset});
+  }
+  return out;
+}
+
+}  // namespace frugal

@@ -36,6 +36,21 @@ struct OptimStateTensor {
   avector<float>* buf;     // [numel] or empty
 };
 
+// A checkpoint's view of optimizer state: this process's part of one stored state tensor
+// /optim/<state>/<tensor> (fp32, `shape`, which need not be the param's: GaLore's moments live in
+// the projected shape). The process holds the flat range [begin, end) of it in data (it reads that
+// range on load) and writes [write_begin, write_end) ⊂ [begin, end) on save, so that a range held
+// by several ranks (a replicated projector, a row split across two shards) is written once.
+// A single process holds and writes everything: [0, numel).
+struct OptimStatePart {
+  std::string state;              // "m", "v", "proj_left", ...
+  std::string tensor;             // HF / PEFT name
+  std::vector<int64_t> shape;     // the whole stored tensor
+  size_t begin = 0, end = 0;
+  size_t write_begin = 0, write_end = 0;
+  float* data = nullptr;          // [end - begin]
+};
+
 // The optimizer seam: the trainer, both checkpoints and the FSDP shards see only this, so a
 // second optimizer is one new class (and one name in make_optimizer).
 class Optimizer {
@@ -52,6 +67,12 @@ class Optimizer {
   // The state tensors of a param by name, in state_names() order; an unknown name creates EMPTY
   // entries (the checkpoint loader resizes and fills them; step() zero-fills them on first use).
   virtual std::vector<OptimStateTensor> state(const std::string& param) = 0;
+  // Every state tensor part this process holds for these params, in a fixed order (the same on
+  // every rank for the same layout), allocating (zeros) what does not exist yet so that a load can
+  // fill it. The checkpoints (single-process and sharded) save and load only through this.
+  // Default, for elementwise optimizers: per param, per state_names() entry, one part per piece
+  // (or one for the whole param when it has no pieces), the tensor's shape and this rank's range.
+  virtual std::vector<OptimStatePart> state_parts(const std::vector<ParamRef>& params);
 };
 
 // "adamw" -> AdamW(adamw, be); anything else throws naming the optimizer.

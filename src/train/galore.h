@@ -1,0 +1,93 @@
+// galore.h: GaLore-AdamW (optim.name = "galore_adamw"), galore_torch's GaLoreAdamW step exactly
+// (SPEC.md §5), on whole tensors (one process) and on FSDP's flat shards (ParamRef::pieces).
+//
+// Per target tensor W [m, n] with gradient G, at its step t (0-based, before the increment):
+//   t % update_proj_gap == 0 (or no projector yet): refresh P from G (galore_projector.h)
+//   g = project(G);  m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²      (moments in g's shape, zeros
+//   at the first step, NOT reset at a refresh);  t += 1
+//   step = lr·√(1−β2^t)/(1−β1^t);  n = m/(√v + eps)
+//   W −= step·scale·project_back(n);  then W −= lr·wd·W
+// Every other tensor (1-D, non-targets) gets the same transformers-style AdamW step without the
+// projection (what GaLoreAdamW does for its non-GaLore parameter group). Note the differences to
+// torch AdamW (optim.h): eps outside the bias correction, weight decay after the update.
+// A refresh whose gradient is exactly zero (LoRA's A at step 0, B = 0) is deferred to the next
+// step with a non-zero gradient; the zero gradient still steps the moments (to zero).
+// moments = "int8": m and v stored as int8 with one fp32 absmax per block of 256 (bitsandbytes'
+// blockwise dynamic quantization idea, linear codes here), dequantized for the update.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sharding/comm.h"
+#include "src/model/optim.h"
+#include "src/train/galore_projector.h"
+
+namespace frugal {
+
+struct GaloreConfig {
+  int rank = 128;
+  int update_proj_gap = 200;
+  float scale = 0.25f;
+  std::string proj_type = "std";                   // std | reverse_std | left | right | full
+  // Substrings of a tensor's module path, as galore_torch's target_modules_list ("attn", "mlp",
+  // "q_proj", ...), matched against the dense (HF-named) 2-D tensors; "lora" selects the LoRA
+  // factors (lora_A, lora_B) instead.
+  std::vector<std::string> targets = {"attn", "mlp"};
+  std::string svd = "exact";                       // exact | randomized
+  int oversample = 8, power_iters = 2;             // randomized only
+  std::string moments = "fp32";                    // fp32 | int8
+  // Throws naming `where` (e.g. "recipe.toml: galore.rank") on a bad value.
+  void validate(const std::string& where) const;
+};
+
+// Is this tensor a GaLore target? 2-D only.
+bool galore_is_target(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape);
+
+struct GaloreStats {
+  int64_t refreshes = 0;
+  double refresh_seconds = 0;  // time in galore_refresh (this rank)
+  double step_seconds = 0;     // whole step() time (this rank)
+};
+
+class GaloreAdamW : public Optimizer {
+ public:
+  // comm: the ranks a sharded param is split over (self communicator for one process).
+  GaloreAdamW(const AdamWConfig& adamw, const GaloreConfig& g, Communicator& comm, uint64_t seed,
+              Backend& be = cpu_backend());
+  ~GaloreAdamW() override;
+  const char* name() const override { return "galore_adamw"; }
+  void step(const std::vector<ParamRef>& params, float lr) override;
+  int64_t t() const override { return t_; }
+  void set_t(int64_t t) override { t_ = t; }
+  // Elementwise state of non-target tensors; GaLore tensors go through state_parts only.
+  std::vector<std::string> state_names() const override { return {"m", "v"}; }
+  std::vector<OptimStateTensor> state(const std::string& param) override;
+  // Per tensor: m, v (projected shape for targets), then proj_right / proj_left for targets.
+  std::vector<OptimStatePart> state_parts(const std::vector<ParamRef>& params) override;
+
+  // Bytes of optimizer state this rank holds (moments, projectors), for the planner and the bench.
+  size_t state_bytes() const;
+  const GaloreStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = GaloreStats{}; }
+  const GaloreConfig& config() const { return gc_; }
+
+ private:
+  struct TensorState;
+  AdamWConfig cfg_;
+  GaloreConfig gc_;
+  Communicator* comm_;
+  uint64_t seed_;
+  Backend* be_;
+  int64_t t_ = 0;
+  std::map<std::string, std::unique_ptr<TensorState>> state_;  // by tensor name
+  GaloreStats stats_;
+};
+
+// Bytes of GaLore-AdamW state for one whole tensor (the planner's formula; the optimizer's
+// state_bytes() at W = 1 equals the sum of these).
+size_t galore_state_bytes(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape);
+
+}  // namespace frugal
