@@ -1,0 +1,242 @@
+// galore.cpp: GaLore-AdamW (see galore.h for the math; galore_torch adamw.py + galore_projector.py).
+// Per tensor (a ParamRef's pieces, or the whole param): targets step their moments in the projected
+// shape (galore_projector.h), everything else gets the same transformers-style AdamW elementwise.
+#include "src/train/galore.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+namespace frugal {
+
+void GaloreConfig::validate(const std::string& where) const {
+  if (rank < 1) fail(where, ": galore.rank must be >= 1, got ", rank);
+  if (update_proj_gap < 1) fail(where, ": galore.update_proj_gap must be >= 1, got ", update_proj_gap);
+  if (!(scale > 0.f) || !std::isfinite(scale)) fail(where, ": galore.scale must be > 0, got ", scale);
+  if (proj_type != "std" && proj_type != "reverse_std" && proj_type != "left" && proj_type != "right" &&
+      proj_type != "full")
+    fail(where, ": galore.proj_type '", proj_type, "' (expected std, reverse_std, left, right or full)");
+  if (targets.empty()) fail(where, ": galore.targets must list at least one module substring");
+  for (const std::string& t : targets)
+    if (t.empty()) fail(where, ": galore.targets has an empty entry");
+  if (svd != "exact" && svd != "randomized") fail(where, ": galore.svd '", svd, "' (expected exact or randomized)");
+  if (oversample < 0) fail(where, ": galore.oversample must be >= 0, got ", oversample);
+  if (power_iters < 0) fail(where, ": galore.power_iters must be >= 0, got ", power_iters);
+  if (moments == "int8") fail(where, ": galore.moments = \"int8\" is not implemented yet (use fp32)");
+  if (moments != "fp32") fail(where, ": galore.moments '", moments, "' (expected fp32)");
+}
+
+bool galore_is_target(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape) {
+  if (shape.size() != 2) return false;
+  const bool is_lora = name.find("lora_A") != std::string::npos || name.find("lora_B") != std::string::npos;
+  for (const std::string& t : c.targets) {
+    if (t == "lora") {
+      if (is_lora) return true;
+    } else if (!is_lora && name.find(t) != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
+size_t galore_state_bytes(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape) {
+  size_t numel = 1;
+  for (int64_t d : shape) numel *= (size_t)d;
+  if (!galore_is_target(c, name, shape)) return 2 * numel * sizeof(float);
+  const int64_t m = shape[0], n = shape[1], r = std::min<int64_t>(c.rank, std::min(m, n));
+  const ProjSide side = galore_side(c.proj_type, m, n);
+  const size_t lo = side == ProjSide::Right ? m * r : side == ProjSide::Left ? r * n : r * r;
+  const size_t proj = side == ProjSide::Right ? r * n : side == ProjSide::Left ? m * r : m * r + r * n;
+  return (2 * lo + proj) * sizeof(float);
+}
+
+struct GaloreAdamW::TensorState {
+  bool target = false;
+  std::vector<int64_t> shape;
+  MatrixSplit split;              // targets
+  ProjSide side = ProjSide::Right;
+  int r = 0;                      // effective rank: min(rank, m, n)
+  LowRankPart part;               // targets: the moments' shape and this rank's range
+  GaloreProjector proj;
+  bool refresh_pending = false;   // a refresh met an all-zero gradient: retry next step
+  int64_t step = -1;              // galore_torch's state["step"]; -1: not known yet (take t())
+  avector<float> m, v;            // [part.size()] for targets, [this rank's elements] otherwise
+  avector<float> lo, nrm;         // scratch: projected gradient, m/(sqrt(v)+eps)
+};
+
+GaloreAdamW::GaloreAdamW(const AdamWConfig& adamw, const GaloreConfig& g, Communicator& comm, uint64_t seed,
+                         Backend& be)
+    : cfg_(adamw), gc_(g), comm_(&comm), seed_(seed), be_(&be) {
+  gc_.validate("galore_adamw");
+  FRUGAL_CHECK(adamw.beta1 >= 0.f && adamw.beta1 < 1.f, "GaLore-AdamW beta1 must be in [0, 1), got ", adamw.beta1);
+  FRUGAL_CHECK(adamw.beta2 >= 0.f && adamw.beta2 < 1.f, "GaLore-AdamW beta2 must be in [0, 1), got ", adamw.beta2);
+  FRUGAL_CHECK(adamw.eps >= 0.f, "GaLore-AdamW eps must be >= 0, got ", adamw.eps);
+  FRUGAL_CHECK(adamw.weight_decay >= 0.f, "GaLore-AdamW weight_decay must be >= 0, got ", adamw.weight_decay);
+}
+
+GaloreAdamW::~GaloreAdamW() = default;
+
+namespace {
+
+// One tensor of a param as this rank holds it: whole (pieces empty) or one piece of a flat shard.
+struct TensorView {
+  std::string name;
+  std::vector<int64_t> shape;
+  MatrixSplit split;  // only meaningful for 2-D
+  size_t count = 0;   // elements this rank holds
+  size_t offset = 0;  // into the param's w / g
+};
+
+std::vector<TensorView> tensors_of(const ParamRef& p, int rank) {
+  std::vector<TensorView> out;
+  if (p.pieces.empty()) {
+    TensorView t{p.name, p.shape, {}, p.numel, 0};
+    if (p.shape.size() == 2) t.split = MatrixSplit::whole(p.shape[0], p.shape[1]);
+    out.push_back(t);
+    return out;
+  }
+  for (const ParamPiece& pc : p.pieces) {
+    TensorView t{pc.name, pc.shape, {}, pc.end - pc.begin, pc.offset};
+    if (pc.shape.size() == 2) t.split = MatrixSplit{pc.shape[0], pc.shape[1], pc.cuts, rank};
+    out.push_back(t);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<OptimStateTensor> GaloreAdamW::state(const std::string& param) {
+  std::unique_ptr<TensorState>& s = state_[param];
+  if (!s) s = std::make_unique<TensorState>();
+  return {{"m", &s->m}, {"v", &s->v}};
+}
+
+void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const int64_t t_before = t_;
+  t_ += 1;
+  const double b1 = cfg_.beta1, b2 = cfg_.beta2, dlr = lr;
+  // fp32 scalars as torch gets them from Python floats (galore_torch adamw.py)
+  const float beta1 = (float)b1, a1 = (float)(1.0 - b1), beta2 = (float)b2, a2 = (float)(1.0 - b2);
+  const float eps = cfg_.eps;
+  const float wd_alpha = (float)(-dlr * (double)cfg_.weight_decay);
+  ProjectorOptions po{gc_.rank, gc_.svd, gc_.oversample, gc_.power_iters, seed_};
+
+  for (const ParamRef& p : params) {
+    if (p.numel > 0 && (!p.w || !p.g)) fail("GaLore-AdamW: param '", p.name, "' has no weight or gradient buffer");
+    for (const TensorView& tv : tensors_of(p, comm_->rank())) {
+      std::unique_ptr<TensorState>& sp = state_[tv.name];
+      if (!sp) sp = std::make_unique<TensorState>();
+      TensorState& s = *sp;
+      if (s.shape.empty()) {  // first sight: decide target / layout
+        s.shape = tv.shape;
+        s.target = galore_is_target(gc_, tv.name, tv.shape);
+        if (s.target) {
+          s.split = tv.split;
+          s.side = galore_side(gc_.proj_type, tv.shape[0], tv.shape[1]);
+          s.r = (int)std::min<int64_t>(gc_.rank, std::min(tv.shape[0], tv.shape[1]));
+          s.part = galore_low_rank_part(s.side, s.r, s.split, comm_->world());
+        }
+      }
+      if (s.step < 0) s.step = t_before;
+      const size_t nmom = s.target ? s.part.size() : tv.count;
+      if (s.m.empty() && s.v.empty()) s.m.assign(nmom, 0.f), s.v.assign(nmom, 0.f);
+      FRUGAL_CHECK(s.m.size() == nmom && s.v.size() == nmom, "GaLore-AdamW: optimizer state of '", tv.name,
+                   "' has ", s.m.size(), "/", s.v.size(), " elements, expected ", nmom);
+      float* w = p.w + tv.offset;
+      const float* g = p.g + tv.offset;
+
+      // the gradient the moments see: projected (targets) or as is
+      const float* gm = g;
+      if (s.target) {
+        if (!s.proj.valid() || s.step % gc_.update_proj_gap == 0 || s.refresh_pending) {
+          const auto r0 = clock::now();
+          const bool ok = galore_refresh(s.proj, s.side, s.split, g, po, tv.name, s.step, *comm_, *be_);
+          s.refresh_pending = !ok;
+          stats_.refreshes += ok;
+          stats_.refresh_seconds += std::chrono::duration<double>(clock::now() - r0).count();
+        }
+        s.lo.assign(nmom, 0.f);  // no projector yet: G was zero everywhere, so is its projection
+        if (s.proj.valid()) galore_project(s.proj, s.split, g, s.lo.data(), *comm_, *be_);
+        gm = s.lo.data();
+      }
+      s.step += 1;
+      const double bc1 = 1.0 - std::pow(b1, (double)s.step), bc2 = 1.0 - std::pow(b2, (double)s.step);
+      const float neg_step = (float)(-(dlr * std::sqrt(bc2) / bc1));
+      s.nrm.resize(nmom);
+      for (size_t e = 0; e < nmom; ++e) {
+        s.m[e] = s.m[e] * beta1 + a1 * gm[e];
+        s.v[e] = s.v[e] * beta2 + a2 * gm[e] * gm[e];
+        s.nrm[e] = s.m[e] / (std::sqrt(s.v[e]) + eps);
+      }
+      if (!s.target) {
+        for (size_t e = 0; e < tv.count; ++e) w[e] += neg_step * s.nrm[e];
+      } else if (s.proj.valid()) {
+        // galore_torch: p += -step_size · (project_back(n) · scale); scale folded into alpha
+        galore_project_back_add(s.proj, s.split, s.nrm.data(), neg_step * gc_.scale, w, *comm_, *be_);
+      }
+      if (cfg_.weight_decay > 0.f)
+        for (size_t e = 0; e < tv.count; ++e) w[e] += wd_alpha * w[e];
+    }
+  }
+  stats_.step_seconds += std::chrono::duration<double>(clock::now() - t0).count();
+}
+
+std::vector<OptimStatePart> GaloreAdamW::state_parts(const std::vector<ParamRef>& params) {
+  std::vector<OptimStatePart> out;
+  for (const ParamRef& p : params) {
+    const std::vector<ParamPiece> whole = {ParamPiece{p.name, p.shape, 0, p.numel, 0, {0, p.numel}}};
+    const std::vector<ParamPiece>& pieces = p.pieces.empty() ? whole : p.pieces;
+    std::vector<TensorView> tvs = tensors_of(p, comm_->rank());
+    for (size_t k = 0; k < tvs.size(); ++k) {
+      const TensorView& tv = tvs[k];
+      std::unique_ptr<TensorState>& sp = state_[tv.name];
+      if (!sp) sp = std::make_unique<TensorState>();
+      TensorState& s = *sp;
+      if (s.shape.empty()) {
+        s.shape = tv.shape;
+        s.target = galore_is_target(gc_, tv.name, tv.shape);
+        if (s.target) {
+          s.split = tv.split;
+          s.side = galore_side(gc_.proj_type, tv.shape[0], tv.shape[1]);
+          s.r = (int)std::min<int64_t>(gc_.rank, std::min(tv.shape[0], tv.shape[1]));
+          s.part = galore_low_rank_part(s.side, s.r, s.split, comm_->world());
+        }
+      }
+      const size_t nmom = s.target ? s.part.size() : tv.count;
+      if (s.m.size() != nmom) s.m.assign(nmom, 0.f);
+      if (s.v.size() != nmom) s.v.assign(nmom, 0.f);
+      if (!s.target) {
+        const ParamPiece& pc = pieces[k];
+        out.push_back({"m", tv.name, tv.shape, pc.begin, pc.end, pc.begin, pc.end, s.m.data()});
+        out.push_back({"v", tv.name, tv.shape, pc.begin, pc.end, pc.begin, pc.end, s.v.data()});
+        continue;
+      }
+      const LowRankPart& lp = s.part;
+      out.push_back({"m", tv.name, lp.shape, lp.begin, lp.end, lp.write_begin, lp.write_end, s.m.data()});
+      out.push_back({"v", tv.name, lp.shape, lp.begin, lp.end, lp.write_begin, lp.write_end, s.v.data()});
+      if (!s.proj.valid()) galore_projector_alloc(s.proj, s.side, s.r, s.split);
+      for (const ProjectorPart& q : galore_projector_parts(s.side, s.r, s.split)) {
+        avector<float>& buf = q.state[5] == 'r' ? s.proj.right : s.proj.left;  // proj_right / proj_left
+        out.push_back({q.state, tv.name, q.shape, q.begin, q.end, q.write_begin, q.write_end, buf.data()});
+      }
+    }
+  }
+  return out;
+}
+
+size_t GaloreAdamW::state_bytes() const {
+  size_t b = 0;
+  for (const auto& [name, s] : state_) {
+    b += (s->m.size() + s->v.size()) * sizeof(float);
+    if (s->target) {
+      // the projector as it will be held (also before the first refresh allocates it)
+      for (const ProjectorPart& q : galore_projector_parts(s->side, s->r, s->split))
+        b += (q.end - q.begin) * sizeof(float);
+    }
+  }
+  return b;
+}
+
+}  // namespace frugal
