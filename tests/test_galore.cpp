@@ -6,21 +6,15 @@
 #include <cmath>
 
 #include "src/io/safetensors.h"
+#include "tests/test_util.h"
 #include "src/train/galore.h"
 
 using namespace frugal;
+using frugal::test_util::fixture_f32;
 
 namespace {
 
 const std::string kFixture = std::string(FRUGAL_SOURCE_DIR) + "/tests/fixtures/galore/galore.safetensors";
-
-std::vector<float> get_f32(const SafetensorsFile& f, const std::string& name) {
-  const TensorView* t = f.find(name);
-  if (!t) fail("fixture ", f.path(), " has no tensor ", name);
-  std::vector<float> out(t->numel());
-  to_float(*t, out.data());
-  return out;
-}
 
 // Names chosen so that p0..p2 are targets (contain "mlp") and p3 (1-D) is not.
 const char* kNames[4] = {"layers.0.mlp.up_proj.weight", "layers.0.mlp.down_proj.weight",
@@ -29,7 +23,7 @@ const std::vector<int64_t> kShapes[4] = {{12, 8}, {8, 12}, {10, 10}, {8}};
 
 void check_proj(const std::string& proj) {
   SafetensorsFile f(kFixture);
-  const std::vector<float> h = get_f32(f, "hyper");
+  const std::vector<float> h = fixture_f32(f, "hyper");
   AdamWConfig ac;
   ac.beta1 = h[1], ac.beta2 = h[2], ac.eps = h[3], ac.weight_decay = h[4];
   GaloreConfig gc;
@@ -39,15 +33,15 @@ void check_proj(const std::string& proj) {
   GaloreAdamW opt(ac, gc, *comm, 0);
   std::vector<std::vector<float>> w(4), g(4);
   std::vector<ParamRef> refs(4);
-  for (int i = 0; i < 4; ++i) w[i] = get_f32(f, "p" + std::to_string(i) + ".w0");
+  for (int i = 0; i < 4; ++i) w[i] = fixture_f32(f, "p" + std::to_string(i) + ".w0");
   for (int s = 0; s < 7; ++s) {
     for (int i = 0; i < 4; ++i) {
-      g[i] = get_f32(f, "s" + std::to_string(s) + ".p" + std::to_string(i) + ".g");
+      g[i] = fixture_f32(f, "s" + std::to_string(s) + ".p" + std::to_string(i) + ".g");
       refs[i] = ParamRef{kNames[i], kShapes[i], w[i].data(), g[i].data(), w[i].size(), {}};
     }
     opt.step(refs, h[0]);
     for (int i = 0; i < 4; ++i) {
-      const std::vector<float> ref = get_f32(f, proj + ".s" + std::to_string(s) + ".p" + std::to_string(i) + ".w");
+      const std::vector<float> ref = fixture_f32(f, proj + ".s" + std::to_string(s) + ".p" + std::to_string(i) + ".w");
       // fp32 SVD (LAPACK vs torch) and GEMM rounding differences: 2e-6 relative (floor 1e-3 abs
       // scale so that near-zero weights are compared on the weights' magnitude)
       double worst = 0;

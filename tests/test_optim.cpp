@@ -12,20 +12,14 @@
 
 #include "src/model/optim.h"
 #include "src/io/safetensors.h"
+#include "tests/test_util.h"
 
 using namespace frugal;
+using frugal::test_util::fixture_f32;
 
 namespace {
 
 const std::string kFixture = std::string(FRUGAL_SOURCE_DIR) + "/tests/fixtures/optim/optim.safetensors";
-
-std::vector<float> get_f32(const SafetensorsFile& f, const std::string& name) {
-  const TensorView* t = f.find(name);
-  if (!t) fail("fixture ", f.path(), " has no tensor ", name);
-  std::vector<float> out(t->numel());
-  to_float(*t, out.data());
-  return out;
-}
 
 std::vector<double> get_f64(const SafetensorsFile& f, const std::string& name) {
   const TensorView* t = f.find(name);
@@ -69,7 +63,7 @@ struct Params {
 // Replays fixture run `tag` and compares every step's norm, weights and moments with torch.
 void check_run(const std::string& tag) {
   SafetensorsFile f(kFixture);
-  std::vector<float> hyper = get_f32(f, tag + ".hyper"), lrs = get_f32(f, tag + ".lr");
+  std::vector<float> hyper = fixture_f32(f, tag + ".hyper"), lrs = fixture_f32(f, tag + ".lr");
   AdamWConfig cfg;
   cfg.beta1 = hyper[0];
   cfg.beta2 = hyper[1];
@@ -79,15 +73,15 @@ void check_run(const std::string& tag) {
   const int steps = (int)hyper[5];
   AdamW opt(cfg);
   Params P;
-  for (int i = 0; i < 3; ++i) P.add("p" + std::to_string(i), get_f32(f, tag + ".p" + std::to_string(i) + ".w0"));
+  for (int i = 0; i < 3; ++i) P.add("p" + std::to_string(i), fixture_f32(f, tag + ".p" + std::to_string(i) + ".w0"));
   P.bind();
   const double u = std::ldexp(1.0, -23);  // fp32 ulp at 1
   for (int s = 0; s < steps; ++s) {
     const std::string ss = tag + ".s" + std::to_string(s);
-    for (int i = 0; i < 3; ++i) P.g[i] = get_f32(f, ss + ".p" + std::to_string(i) + ".g");
+    for (int i = 0; i < 3; ++i) P.g[i] = fixture_f32(f, ss + ".p" + std::to_string(i) + ".g");
     P.bind();
     const double norm = clip_grad_norm(P.refs, max_norm);
-    const float ref_norm = get_f32(f, ss + ".norm")[0];
+    const float ref_norm = fixture_f32(f, ss + ".norm")[0];
     // torch sums squares in fp32 (per tensor, then over tensor norms); we sum in fp64.
     EXPECT_TRUE(std::fabs(norm - ref_norm) <= 4 * u * ref_norm) << ss << " norm " << norm << " vs " << ref_norm;
     opt.step(P.refs, lrs[s]);
@@ -98,7 +92,7 @@ void check_run(const std::string& tag) {
     const double tol = 3 * u * (s + 1);
     for (int i = 0; i < 3; ++i) {
       const std::string pi = ss + ".p" + std::to_string(i);
-      std::vector<float> rw = get_f32(f, pi + ".w"), rm = get_f32(f, pi + ".m"), rv = get_f32(f, pi + ".v");
+      std::vector<float> rw = fixture_f32(f, pi + ".w"), rm = fixture_f32(f, pi + ".m"), rv = fixture_f32(f, pi + ".v");
       auto maxabs = [](const std::vector<float>& x) {
         double m = 0;
         for (float v : x) m = std::max(m, (double)std::fabs(v));

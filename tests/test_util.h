@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "src/common.h"
+#include "src/io/safetensors.h"
 
 namespace frugal::test_util {
 
@@ -40,6 +41,15 @@ inline void expect_error(const std::function<void()>& fn, const std::vector<std:
     std::string msg = e.what();
     for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
   }
+}
+
+// A golden fixture's tensor as fp32 (any stored dtype); a missing name fails naming the file.
+inline std::vector<float> fixture_f32(const SafetensorsFile& f, const std::string& name) {
+  const TensorView* t = f.find(name);
+  if (!t) fail("fixture ", f.path(), " has no tensor ", name);
+  std::vector<float> out(t->numel());
+  to_float(*t, out.data());
+  return out;
 }
 
 }  // namespace frugal::test_util

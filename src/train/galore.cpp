@@ -40,10 +40,8 @@ bool galore_is_target(const GaloreConfig& c, const std::string& name, const std:
 }
 
 size_t galore_state_bytes(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape) {
-  size_t numel = 1;
-  for (int64_t d : shape) numel *= (size_t)d;
-  if (!galore_is_target(c, name, shape)) return 2 * numel * sizeof(float);
-  const int64_t m = shape[0], n = shape[1], r = std::min<int64_t>(c.rank, std::min(m, n));
+  if (!galore_is_target(c, name, shape)) return 2 * shape_numel(shape) * sizeof(float);
+  const int64_t m = shape[0], n = shape[1], r = galore_effective_rank(c.rank, m, n);
   const ProjSide side = galore_side(c.proj_type, m, n);
   const size_t lo = side == ProjSide::Right ? m * r : side == ProjSide::Left ? r * n : r * r;
   const size_t proj = side == ProjSide::Right ? r * n : side == ProjSide::Left ? m * r : m * r + r * n;
@@ -76,34 +74,50 @@ GaloreAdamW::GaloreAdamW(const AdamWConfig& adamw, const GaloreConfig& g, Commun
 
 GaloreAdamW::~GaloreAdamW() = default;
 
-namespace {
-
 // One tensor of a param as this rank holds it: whole (pieces empty) or one piece of a flat shard.
-struct TensorView {
+struct GaloreHeldTensor {
   std::string name;
   std::vector<int64_t> shape;
   MatrixSplit split;  // only meaningful for 2-D
-  size_t count = 0;   // elements this rank holds
+  size_t begin = 0;   // the flat range [begin, begin + count) of the tensor this rank holds
+  size_t count = 0;
   size_t offset = 0;  // into the param's w / g
 };
 
-std::vector<TensorView> tensors_of(const ParamRef& p, int rank) {
-  std::vector<TensorView> out;
+static std::vector<GaloreHeldTensor> tensors_of(const ParamRef& p, int rank) {
+  std::vector<GaloreHeldTensor> out;
   if (p.pieces.empty()) {
-    TensorView t{p.name, p.shape, {}, p.numel, 0};
+    GaloreHeldTensor t{p.name, p.shape, {}, 0, p.numel, 0};
     if (p.shape.size() == 2) t.split = MatrixSplit::whole(p.shape[0], p.shape[1]);
     out.push_back(t);
     return out;
   }
   for (const ParamPiece& pc : p.pieces) {
-    TensorView t{pc.name, pc.shape, {}, pc.end - pc.begin, pc.offset};
+    GaloreHeldTensor t{pc.name, pc.shape, {}, pc.begin, pc.end - pc.begin, pc.offset};
     if (pc.shape.size() == 2) t.split = MatrixSplit{pc.shape[0], pc.shape[1], pc.cuts, rank};
     out.push_back(t);
   }
   return out;
 }
 
-}  // namespace
+// The state of a tensor, created at its first sight (a step or a checkpoint's state_parts): whether
+// it is a target and, if so, its side, rank and this rank's part of the moments.
+GaloreAdamW::TensorState& GaloreAdamW::state_of(const GaloreHeldTensor& tv) {
+  std::unique_ptr<TensorState>& sp = state_[tv.name];
+  if (!sp) sp = std::make_unique<TensorState>();
+  TensorState& s = *sp;
+  if (s.shape.empty()) {
+    s.shape = tv.shape;
+    s.target = galore_is_target(gc_, tv.name, tv.shape);
+    if (s.target) {
+      s.split = tv.split;
+      s.side = galore_side(gc_.proj_type, tv.shape[0], tv.shape[1]);
+      s.r = galore_effective_rank(gc_.rank, tv.shape[0], tv.shape[1]);
+      s.part = galore_low_rank_part(s.side, s.r, s.split, comm_->world());
+    }
+  }
+  return s;
+}
 
 std::vector<OptimStateTensor> GaloreAdamW::state(const std::string& param) {
   std::unique_ptr<TensorState>& s = state_[param];
@@ -125,20 +139,8 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
 
   for (const ParamRef& p : params) {
     if (p.numel > 0 && (!p.w || !p.g)) fail("GaLore-AdamW: param '", p.name, "' has no weight or gradient buffer");
-    for (const TensorView& tv : tensors_of(p, comm_->rank())) {
-      std::unique_ptr<TensorState>& sp = state_[tv.name];
-      if (!sp) sp = std::make_unique<TensorState>();
-      TensorState& s = *sp;
-      if (s.shape.empty()) {  // first sight: decide target / layout
-        s.shape = tv.shape;
-        s.target = galore_is_target(gc_, tv.name, tv.shape);
-        if (s.target) {
-          s.split = tv.split;
-          s.side = galore_side(gc_.proj_type, tv.shape[0], tv.shape[1]);
-          s.r = (int)std::min<int64_t>(gc_.rank, std::min(tv.shape[0], tv.shape[1]));
-          s.part = galore_low_rank_part(s.side, s.r, s.split, comm_->world());
-        }
-      }
+    for (const GaloreHeldTensor& tv : tensors_of(p, comm_->rank())) {
+      TensorState& s = state_of(tv);
       if (s.step < 0) s.step = t_before;
       const size_t nmom = s.target ? s.part.size() : tv.count;
       if (s.m.empty() && s.v.empty()) s.m.assign(nmom, 0.f), s.v.assign(nmom, 0.f);
@@ -186,31 +188,15 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
 std::vector<OptimStatePart> GaloreAdamW::state_parts(const std::vector<ParamRef>& params) {
   std::vector<OptimStatePart> out;
   for (const ParamRef& p : params) {
-    const std::vector<ParamPiece> whole = {ParamPiece{p.name, p.shape, 0, p.numel, 0, {0, p.numel}}};
-    const std::vector<ParamPiece>& pieces = p.pieces.empty() ? whole : p.pieces;
-    std::vector<TensorView> tvs = tensors_of(p, comm_->rank());
-    for (size_t k = 0; k < tvs.size(); ++k) {
-      const TensorView& tv = tvs[k];
-      std::unique_ptr<TensorState>& sp = state_[tv.name];
-      if (!sp) sp = std::make_unique<TensorState>();
-      TensorState& s = *sp;
-      if (s.shape.empty()) {
-        s.shape = tv.shape;
-        s.target = galore_is_target(gc_, tv.name, tv.shape);
-        if (s.target) {
-          s.split = tv.split;
-          s.side = galore_side(gc_.proj_type, tv.shape[0], tv.shape[1]);
-          s.r = (int)std::min<int64_t>(gc_.rank, std::min(tv.shape[0], tv.shape[1]));
-          s.part = galore_low_rank_part(s.side, s.r, s.split, comm_->world());
-        }
-      }
+    for (const GaloreHeldTensor& tv : tensors_of(p, comm_->rank())) {
+      TensorState& s = state_of(tv);
       const size_t nmom = s.target ? s.part.size() : tv.count;
       if (s.m.size() != nmom) s.m.assign(nmom, 0.f);
       if (s.v.size() != nmom) s.v.assign(nmom, 0.f);
       if (!s.target) {
-        const ParamPiece& pc = pieces[k];
-        out.push_back({"m", tv.name, tv.shape, pc.begin, pc.end, pc.begin, pc.end, s.m.data()});
-        out.push_back({"v", tv.name, tv.shape, pc.begin, pc.end, pc.begin, pc.end, s.v.data()});
+        const size_t b = tv.begin, e = tv.begin + tv.count;
+        out.push_back({"m", tv.name, tv.shape, b, e, b, e, s.m.data()});
+        out.push_back({"v", tv.name, tv.shape, b, e, b, e, s.v.data()});
         continue;
       }
       const LowRankPart& lp = s.part;

@@ -12,8 +12,8 @@
 // torch AdamW (optim.h): eps outside the bias correction, weight decay after the update.
 // A refresh whose gradient is exactly zero (LoRA's A at step 0, B = 0) is deferred to the next
 // step with a non-zero gradient; the zero gradient still steps the moments (to zero).
-// moments = "int8": m and v stored as int8 with one fp32 absmax per block of 256 (bitsandbytes'
-// blockwise dynamic quantization idea, linear codes here), dequantized for the update.
+// moments: only "fp32" so far; "int8" (blockwise 8-bit moments) is planned and validate() rejects
+// it with a clear error until it exists.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -38,7 +38,7 @@ struct GaloreConfig {
   std::vector<std::string> targets = {"attn", "mlp"};
   std::string svd = "exact";                       // exact | randomized
   int oversample = 8, power_iters = 2;             // randomized only
-  std::string moments = "fp32";                    // fp32 | int8
+  std::string moments = "fp32";                    // fp32 ("int8" planned, rejected for now)
   // Throws naming `where` (e.g. "recipe.toml: galore.rank") on a bad value.
   void validate(const std::string& where) const;
 };
@@ -51,6 +51,8 @@ struct GaloreStats {
   double refresh_seconds = 0;  // time in galore_refresh (this rank)
   double step_seconds = 0;     // whole step() time (this rank)
 };
+
+struct GaloreHeldTensor;  // galore.cpp: one tensor of a param as this rank holds it
 
 class GaloreAdamW : public Optimizer {
  public:
@@ -76,6 +78,7 @@ class GaloreAdamW : public Optimizer {
 
  private:
   struct TensorState;
+  TensorState& state_of(const GaloreHeldTensor& t);
   AdamWConfig cfg_;
   GaloreConfig gc_;
   Communicator* comm_;

@@ -100,7 +100,7 @@ bool galore_refresh(GaloreProjector& p, ProjSide side, const MatrixSplit& s, con
       for (int64_t i = 0; i < m; ++i) U[i * k + q] = -U[i * k + q];
     }
   }
-  const int r = (int)std::min<int64_t>(o.rank, k);
+  const int r = galore_effective_rank(o.rank, m, n);
   galore_projector_alloc(p, side, r, s);
   if (side != ProjSide::Left) std::copy(Vh.begin(), Vh.begin() + (size_t)r * n, p.right.begin());
   if (side != ProjSide::Right)
@@ -109,6 +109,20 @@ bool galore_refresh(GaloreProjector& p, ProjSide side, const MatrixSplit& s, con
   return true;
 }
 
+namespace {
+// C [M, N] = A·B with fp64 accumulation over k in order, rounded once to fp32. Operands by element
+// strides, so one loop serves every transpose: A(i, k) = A[i·ai + k·ak], B(k, j) = B[k·bk + j·bj].
+void matmul_f64acc(float* C, const float* A, int64_t ai, int64_t ak, const float* B, int64_t bk, int64_t bj,
+                   int64_t M, int64_t N, int64_t K) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += (double)A[i * ai + k * ak] * B[k * bk + j * bj];
+      C[i * N + j] = (float)acc;
+    }
+}
+}  // namespace
+
 void galore_project(const GaloreProjector& p, const MatrixSplit& s, const float* g, float* lo,
                     Communicator& comm, Backend& be) {
   check_single(comm, "galore_project");
@@ -116,33 +130,13 @@ void galore_project(const GaloreProjector& p, const MatrixSplit& s, const float*
   const float* V = p.right.data();  // [r, n]
   const float* U = p.left.data();   // [m, r]
   if (p.side == ProjSide::Right) {  // lo [m, r] = G·Vᵀ
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t q = 0; q < r; ++q) {
-        double acc = 0;
-        for (int64_t j = 0; j < n; ++j) acc += (double)g[i * n + j] * V[q * n + j];
-        lo[i * r + q] = (float)acc;
-      }
+    matmul_f64acc(lo, g, n, 1, V, 1, n, m, r, n);
   } else if (p.side == ProjSide::Left) {  // lo [r, n] = Uᵀ·G
-    for (int64_t q = 0; q < r; ++q)
-      for (int64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int64_t i = 0; i < m; ++i) acc += (double)U[i * r + q] * g[i * n + j];
-        lo[q * n + j] = (float)acc;
-      }
+    matmul_f64acc(lo, U, 1, r, g, n, 1, r, n, m);
   } else {  // lo [r, r] = Uᵀ·G·Vᵀ, via T = Uᵀ·G [r, n] rounded to fp32 (as galore_torch's two matmuls)
     std::vector<float> T((size_t)(r * n));
-    for (int64_t q = 0; q < r; ++q)
-      for (int64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int64_t i = 0; i < m; ++i) acc += (double)U[i * r + q] * g[i * n + j];
-        T[q * n + j] = (float)acc;
-      }
-    for (int64_t q = 0; q < r; ++q)
-      for (int64_t c = 0; c < r; ++c) {
-        double acc = 0;
-        for (int64_t j = 0; j < n; ++j) acc += (double)T[q * n + j] * V[c * n + j];
-        lo[q * r + c] = (float)acc;
-      }
+    matmul_f64acc(T.data(), U, 1, r, g, n, 1, r, n, m);
+    matmul_f64acc(lo, T.data(), n, 1, V, 1, n, r, r, n);
   }
 }
 
@@ -154,33 +148,13 @@ void galore_project_back_add(const GaloreProjector& p, const MatrixSplit& s, con
   const float* U = p.left.data();
   std::vector<float> full((size_t)(m * n));
   if (p.side == ProjSide::Right) {  // [m, r]·[r, n]
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int64_t q = 0; q < r; ++q) acc += (double)n_lo[i * r + q] * V[q * n + j];
-        full[i * n + j] = (float)acc;
-      }
+    matmul_f64acc(full.data(), n_lo, r, 1, V, n, 1, m, n, r);
   } else if (p.side == ProjSide::Left) {  // [m, r]·[r, n]
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int64_t q = 0; q < r; ++q) acc += (double)U[i * r + q] * n_lo[q * n + j];
-        full[i * n + j] = (float)acc;
-      }
+    matmul_f64acc(full.data(), U, r, 1, n_lo, n, 1, m, n, r);
   } else {  // (U·N) [m, r] rounded, then ·V
     std::vector<float> T((size_t)(m * r));
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t c = 0; c < r; ++c) {
-        double acc = 0;
-        for (int64_t q = 0; q < r; ++q) acc += (double)U[i * r + q] * n_lo[q * r + c];
-        T[i * r + c] = (float)acc;
-      }
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int64_t c = 0; c < r; ++c) acc += (double)T[i * r + c] * V[c * n + j];
-        full[i * n + j] = (float)acc;
-      }
+    matmul_f64acc(T.data(), U, r, 1, n_lo, r, 1, m, r, r);
+    matmul_f64acc(full.data(), T.data(), r, 1, V, n, 1, m, n, r);
   }
   for (size_t e = 0; e < full.size(); ++e) w[e] += alpha * full[e];
 }

@@ -24,6 +24,7 @@
 // Every collective is over the whole communicator (ranks that hold none of G take part with zero
 // contributions), so every rank must call these for the same tensors in the same order.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -51,6 +52,11 @@ enum class ProjSide { Left, Right, Full };
 // proj_type "std" (Right if m >= n, else Left), "reverse_std" (the opposite), "left", "right",
 // "full"; anything else throws naming it.
 ProjSide galore_side(const std::string& proj_type, int64_t m, int64_t n);
+
+// r = min(rank, m, n): a projector never has more directions than G has.
+inline int galore_effective_rank(int rank, int64_t m, int64_t n) {
+  return (int)std::min<int64_t>(rank, std::min(m, n));
+}
 
 struct ProjectorOptions {
   int rank = 128;               // requested r (effective: min(rank, m, n))
