@@ -5,6 +5,8 @@
 
 #include <omp.h>
 
+#include <atomic>
+#include <cmath>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -104,6 +106,22 @@ std::shared_ptr<const GemmPrim> make_prim(const GemmKey& k, float alpha, float b
 
 }  // namespace
 
+static std::atomic<uint64_t> g_jitter_seed{0};
+
+void set_gemm_output_jitter(uint64_t seed) { g_jitter_seed.store(seed); }
+
+// One fp32 ulp up or down per element of C[M,N] (see the header).
+static void apply_output_jitter(uint64_t seed, int M, int N, float* C, int ldc) {
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      float* c = C + (size_t)m * ldc + n;
+      uint64_t h = seed ^ ((uint64_t)m << 32) ^ (uint64_t)n ^ ((uint64_t)fm::f32_bits(*c) << 17);
+      h = (h ^ (h >> 33)) * 0xff51afd7ed558ccdull;
+      h = (h ^ (h >> 33)) * 0xc4ceb9fe1a85ec53ull;
+      *c = std::nextafter(*c, (h >> 63) ? INFINITY : -INFINITY);
+    }
+}
+
 size_t dnnl_matmul_cache_size() {
   std::lock_guard<std::mutex> lk(ctx().mu);
   return ctx().cache.size();
@@ -157,6 +175,7 @@ void dnnl_matmul(MatmulInput in, const char* who, bool transA, bool transB, int 
     p->prim.execute(strm, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem},
                            {DNNL_ARG_SCRATCHPAD, s_mem}});
     strm.wait();
+    if (const uint64_t seed = g_jitter_seed.load(std::memory_order_relaxed)) apply_output_jitter(seed, M, N, C, ldc);
   } catch (const dnnl::error& e) {
     fail(who, " ", shape_str(transA, transB, M, N, K, lda, ldb, ldc),
          ": oneDNN error: ", e.what(), " (status ", (int)e.status, ")");

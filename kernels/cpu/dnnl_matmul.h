@@ -7,6 +7,7 @@
 // stream and its own scratchpad). Errors: frugal::Error naming `who` and the shape.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace frugal {
 
@@ -17,5 +18,13 @@ void dnnl_matmul(MatmulInput in, const char* who, bool transA, bool transB, int 
                  int ldc);
 
 size_t dnnl_matmul_cache_size();  // cached primitives (tests)
+
+// Numerics probe for tests: while seed != 0, every GEMM output element is moved one fp32 ulp up
+// or down (chosen by a hash of seed, its position and its value; deterministic). That is the size
+// of the change a different fp32 summation order makes (another oneDNN kernel, e.g. AMX brgemm
+// against avx512 gemm:jit, or another M per rank), so a test can measure how far its model's
+// results move under such a change in the same run instead of assuming bitwise-equal kernels.
+// Process-wide; 0 (the default) turns it off. Not for production use.
+void set_gemm_output_jitter(uint64_t seed);
 
 }  // namespace frugal
