@@ -154,4 +154,25 @@ ModelLayout make_model_layout(const LlamaConfig& cfg, const ModelOptions& opt, c
   return m;
 }
 
+std::vector<ParamPiece> unit_pieces(const UnitLayout& u, int world, int rank) {
+  const auto [lo, hi] = shard_range(u.train_padded, world, rank);
+  std::vector<ParamPiece> out;
+  for (const TrainEntry& e : u.train) {
+    ParamPiece pc;
+    pc.name = e.name;
+    pc.shape = e.shape;
+    pc.cuts.resize(size_t(world) + 1);
+    // cuts[k]: where rank k's shard starts inside the tensor, clamped to [0, numel]
+    for (int k = 0; k <= world; k++) {
+      const size_t start = u.train_shard * size_t(k);
+      pc.cuts[size_t(k)] = start <= e.offset ? 0 : std::min(start - e.offset, e.numel);
+    }
+    pc.begin = pc.cuts[size_t(rank)];
+    pc.end = pc.cuts[size_t(rank) + 1];
+    pc.offset = std::min(std::max(e.offset + pc.begin, lo), hi) - lo;
+    out.push_back(std::move(pc));
+  }
+  return out;
+}
+
 }  // namespace frugal

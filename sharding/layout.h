@@ -32,6 +32,7 @@
 #include "src/model/config.h"
 #include "src/model/lora.h"
 #include "src/model/model.h"
+#include "src/model/params.h"
 
 namespace frugal {
 
@@ -113,5 +114,11 @@ inline std::pair<size_t, size_t> overlap(size_t off, size_t len, size_t lo, size
   const size_t b = off > lo ? off : lo, e = (off + len) < hi ? (off + len) : hi;
   return b < e ? std::pair{b, e} : std::pair{b, b};
 }
+
+// The trainable tensors of a unit as pieces of rank `rank`'s flat shard (src/model/params.h), one
+// per entry in unit order, also those the rank holds none of (so that every rank lists the same
+// tensors in the same order): every rank's flat range of the tensor (cuts) and where this rank's
+// part starts in its shard (an empty piece points at the nearest shard edge, in [0, train_shard]).
+std::vector<ParamPiece> unit_pieces(const UnitLayout& u, int world, int rank);
 
 }  // namespace frugal

@@ -128,23 +128,28 @@ void select_flat_range(hid_t space, const std::vector<int64_t>& shape, int64_t s
   add({hsize_t(r1), 0}, {1, hsize_t(c1)});
 }
 
-// Writes (or reads) the part of tensor t that lies in this rank's shard [lo, hi) of the unit's
-// trainable buffer; shard points at element lo.
-void transfer_part(hid_t dset, hid_t dxpl, const LayoutTensor& t, size_t lo, size_t hi, float* shard, bool write) {
-  const auto [b, e] = overlap(t.offset, t.numel, lo, hi);
-  if (b == e && !kCollectiveTransfer) return;  // nothing of this tensor here
+// Writes (or reads) the flat elements [s, t) of a dataset of `shape` from (into) p. With
+// independent transfers an empty range moves nothing; a collective one still takes part.
+void transfer_range(hid_t dset, hid_t dxpl, const std::vector<int64_t>& shape, size_t s, size_t t, float* p, bool write) {
+  if (s == t && !kCollectiveTransfer) return;
   h5::Handle fspace(H5_CHECK(H5Dget_space(dset)));
-  hsize_t n = std::max<hsize_t>(e - b, 1);
+  hsize_t n = std::max<hsize_t>(t - s, 1);
   h5::Handle mspace(H5_CHECK(H5Screate_simple(1, &n, nullptr)));
-  if (b == e) {  // collective transfer: every rank takes part, this one with nothing selected
+  if (s == t) {  // collective transfer: every rank takes part, this one with nothing selected
     H5_CHECK(H5Sselect_none(fspace));
     H5_CHECK(H5Sselect_none(mspace));
   } else {
-    select_flat_range(fspace, t.shape, int64_t(b - t.offset), int64_t(e - t.offset));
+    select_flat_range(fspace, shape, int64_t(s), int64_t(t));
   }
-  float* p = b == e ? shard : shard + (b - lo);
   if (write) H5_CHECK(H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, p));
   else H5_CHECK(H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, p));
+}
+
+// The part of tensor t that lies in this rank's shard [lo, hi) of the unit's trainable buffer;
+// shard points at element lo.
+void transfer_part(hid_t dset, hid_t dxpl, const LayoutTensor& t, size_t lo, size_t hi, float* shard, bool write) {
+  const auto [b, e] = overlap(t.offset, t.numel, lo, hi);
+  transfer_range(dset, dxpl, t.shape, b - t.offset, e - t.offset, b == e ? shard : shard + (b - lo), write);
 }
 
 h5::Handle make_dxpl(const Group& g) {
@@ -154,24 +159,44 @@ h5::Handle make_dxpl(const Group& g) {
   return dxpl;
 }
 
-// The buffer sets a checkpoint holds: (dataset prefix, per-unit shard pointers): /params/ = w,
-// then /optim/<state>/ for each optimizer state tensor when `optim`.
-std::vector<std::pair<std::string, const std::vector<float*>*>> buffer_sets(const ShardBuffers& b, bool optim) {
-  std::vector<std::pair<std::string, const std::vector<float*>*>> sets = {{"/params/", &b.w}};
-  if (optim)
-    for (const ShardBuffers::State& s : b.state) sets.push_back({"/optim/" + s.name + "/", &s.unit});
-  return sets;
-}
-
-// Every unit with trainables needs this rank's shard pointers (w, and the state when `optim`).
+// Every unit with trainables needs this rank's master shard; optimizer parts must be well formed
+// (ranges inside the stored tensor, data where the range is not empty) and, when `optim`, present.
 void check_buffers(const ModelLayout& L, const ShardBuffers& b, bool optim, const std::string& path) {
-  if (optim && b.state.empty()) fail(path, ": sharded checkpoint: no optimizer state buffers");
+  if (optim && b.optim.empty()) fail(path, ": sharded checkpoint: no optimizer state parts");
   for (size_t u = 0; u < L.units.size(); u++) {
     if (L.units[u].train_shard == 0) continue;
-    for (const auto& [prefix, set] : buffer_sets(b, optim))
-      if (set->size() <= u || (*set)[u] == nullptr)
-        fail(path, ": sharded checkpoint: no ", prefix, " shard buffer for unit '", L.units[u].name, "'");
+    if (b.w.size() <= u || b.w[u] == nullptr)
+      fail(path, ": sharded checkpoint: no /params/ shard buffer for unit '", L.units[u].name, "'");
   }
+  if (!optim) return;
+  std::set<std::string> seen;
+  for (const OptimStatePart& q : b.optim) {
+    check_checkpoint_param_name(q.state, path);
+    check_checkpoint_param_name(q.tensor, path);
+    const std::string ds = "/optim/" + q.state + "/" + q.tensor;
+    const size_t n = size_t(shape_numel(q.shape));
+    if (!(q.begin <= q.write_begin && q.write_begin <= q.write_end && q.write_end <= q.end && q.end <= n) ||
+        (q.begin < q.end && !q.data))
+      fail(path, ": optimizer state '", ds, "' ", shape_str(q.shape), ": bad part: holds [", q.begin, ", ", q.end,
+           "), writes [", q.write_begin, ", ", q.write_end, ")");
+    if (!seen.insert(ds).second) fail(path, ": optimizer state '", ds, "' listed twice");
+  }
+}
+
+// Every rank must list the same optimizer datasets (names, shapes, order): the dataset creates
+// are collective. A hash of the list, compared across ranks.
+void check_parts_agree(const Group& g, const ShardBuffers& b, const std::string& path) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const std::string& x) {
+    for (unsigned char c : x) h = (h ^ c) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+  };
+  for (const OptimStatePart& q : b.optim) mix(q.state + "/" + q.tensor + shape_str(q.shape));
+  if (g.serial()) return;
+  unsigned long long lo = h, hi = h;
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, g.comm));
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, g.comm));
+  if (lo != hi) fail(path, ": sharded checkpoint: the ranks list different optimizer state tensors");
 }
 
 }  // namespace
@@ -197,6 +222,7 @@ void save_sharded_checkpoint(const std::string& path, const TrainState& st, cons
   bool has_lora = false;
   agree_or_throw(g, capture([&] {
     check_buffers(L, b, true, path);
+    check_parts_agree(g, b, path);
     std::set<std::string> seen;
     for (const LayoutTensor& t : tensors) {
       check_checkpoint_param_name(t.name, path);
@@ -217,22 +243,27 @@ void save_sharded_checkpoint(const std::string& path, const TrainState& st, cons
     h5::H5File f = g.serial() ? h5::H5File::create(tmp) : h5::H5File::create_parallel(tmp, g.comm);
     h5::Handle dxpl = make_dxpl(g);
     std::string io_err;  // first failed raw transfer of this rank; the collective calls go on
+    // one dataset per tensor and state: every rank creates it, each writes only its own range
+    auto put = [&](const std::string& name, const std::vector<int64_t>& shape, const std::function<void(hid_t)>& io) {
+      h5::Handle d = f.create_dataset<float>(name, shape);
+      if (io_err.empty())
+        io_err = capture([&] {
+          try {
+            io(d);
+          } catch (const Error& e) {
+            fail(tmp, ": '", name, "': writing this rank's part: ", e.what());
+          }
+        });
+    };
     for (const LayoutTensor& t : tensors) {
       const UnitLayout& u = L.units[size_t(t.unit)];
       const auto [lo, hi] = shard_range(u.train_padded, L.world, g.rank);
-      for (const auto& [prefix, set] : buffer_sets(b, true)) {
-        const std::string name = prefix + t.name;
-        h5::Handle d = f.create_dataset<float>(name, t.shape);
-        if (io_err.empty())
-          io_err = capture([&] {
-            try {
-              transfer_part(d, dxpl, t, lo, hi, (*set)[size_t(t.unit)], true);
-            } catch (const Error& e) {
-              fail(tmp, ": '", name, "': writing this rank's part: ", e.what());
-            }
-          });
-      }
+      put("/params/" + t.name, t.shape, [&](hid_t d) { transfer_part(d, dxpl, t, lo, hi, b.w[size_t(t.unit)], true); });
     }
+    for (const OptimStatePart& q : b.optim)
+      put("/optim/" + q.state + "/" + q.tensor, q.shape, [&](hid_t d) {
+        transfer_range(d, dxpl, q.shape, q.write_begin, q.write_end, q.data + (q.write_begin - q.begin), true);
+      });
     write_checkpoint_attrs(f, st, order, has_lora ? &lora : nullptr);
     f.close();
     if (!io_err.empty()) throw Error(io_err);
@@ -258,6 +289,7 @@ TrainState load_sharded_checkpoint(const std::string& path, const ModelLayout& L
   // one rank cannot see is reported, not a collective open that fails on some ranks only.)
   agree_or_throw(g, capture([&] {
     check_buffers(L, b, load_optimizer, path);
+    if (load_optimizer) check_parts_agree(g, b, path);
     struct stat sb;
     if (stat(path.c_str(), &sb) != 0) fail(path, ": no such file");
     if (!S_ISREG(sb.st_mode)) fail(path, ": not a regular file");
@@ -282,37 +314,36 @@ TrainState load_sharded_checkpoint(const std::string& path, const ModelLayout& L
     std::vector<std::string> wanted;
     for (const LayoutTensor& t : tensors) wanted.push_back(t.name);
     check_checkpoint_names(path, checkpoint_param_names(*f), wanted);
-    for (const LayoutTensor& t : tensors)
-      for (const auto& set : buffer_sets(b, load_optimizer))
-        check_checkpoint_tensor(*f, path, set.first + t.name, t.shape);
+    for (const LayoutTensor& t : tensors) check_checkpoint_tensor(*f, path, "/params/" + t.name, t.shape);
+    if (load_optimizer)
+      for (const OptimStatePart& q : b.optim) check_checkpoint_tensor(*f, path, "/optim/" + q.state + "/" + q.tensor, q.shape);
   }));
 
   std::string err = capture([&] {
     // Padding (and anything outside the tensors) reads as zero.
-    for (size_t u = 0; u < L.units.size(); u++) {
-      const size_t n = L.units[u].train_shard;
-      if (n == 0) continue;
-      for (const auto& set : buffer_sets(b, load_optimizer)) std::memset((*set.second)[u], 0, n * sizeof(float));
-    }
+    for (size_t u = 0; u < L.units.size(); u++)
+      if (L.units[u].train_shard) std::memset(b.w[u], 0, L.units[u].train_shard * sizeof(float));
     h5::Handle dxpl = make_dxpl(g);
     std::string io_err;
+    auto get = [&](const std::string& name, const std::function<void(hid_t)>& io) {
+      h5::Handle d = f->open_dataset(name);
+      if (io_err.empty())
+        io_err = capture([&] {
+          try {
+            io(d);
+          } catch (const Error& e) {
+            fail(path, ": '", name, "': reading this rank's part: ", e.what());
+          }
+        });
+    };
     for (const LayoutTensor& t : tensors) {
       const UnitLayout& u = L.units[size_t(t.unit)];
       const auto [lo, hi] = shard_range(u.train_padded, L.world, g.rank);
-      for (const auto& [prefix, set] : buffer_sets(b, load_optimizer)) {
-        float* shard = (*set)[size_t(t.unit)];
-        const std::string name = prefix + t.name;
-        h5::Handle d = f->open_dataset(name);
-        if (io_err.empty())
-          io_err = capture([&] {
-            try {
-              transfer_part(d, dxpl, t, lo, hi, shard, false);
-            } catch (const Error& e) {
-              fail(path, ": '", name, "': reading this rank's part: ", e.what());
-            }
-          });
-      }
+      get("/params/" + t.name, [&](hid_t d) { transfer_part(d, dxpl, t, lo, hi, b.w[size_t(t.unit)], false); });
     }
+    if (load_optimizer)
+      for (const OptimStatePart& q : b.optim)
+        get("/optim/" + q.state + "/" + q.tensor, [&](hid_t d) { transfer_range(d, dxpl, q.shape, q.begin, q.end, q.data, false); });
     f->close();
     if (!io_err.empty()) throw Error(io_err);
   });

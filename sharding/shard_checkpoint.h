@@ -23,20 +23,20 @@
 
 #include "sharding/layout.h"
 #include "src/model/checkpoint.h"
+#include "src/model/optim.h"
 
 namespace frugal {
 
-// Per unit (L.units[u]): this rank's shard of the unit's trainable buffer, train_shard floats
-// each (null or absent for units without trainables). w = fp32 master weights; state = the
-// optimizer's state tensors (Optimizer::state_names(), e.g. AdamW's m and v), stored as
-// /optim/<name>/<tensor> (may be empty when load_optimizer is false).
+// Per unit (L.units[u]): this rank's shard of the unit's trainable buffer (train_shard floats; null
+// or absent for units without trainables): the fp32 master weights, stored as /params/<tensor>.
+// optim: this rank's parts of the optimizer state (Optimizer::state_parts of the shard params),
+// stored as /optim/<state>/<tensor> in each part's own shape (GaLore's moments and projectors are
+// not the tensor's shape); every rank lists the same (state, tensor, shape) in the same order,
+// writes [write_begin, write_end) and reads [begin, end) of each. May be empty when
+// load_optimizer is false.
 struct ShardBuffers {
-  struct State {
-    std::string name;           // "m", "v", ...
-    std::vector<float*> unit;   // per unit, as w
-  };
   std::vector<float*> w;
-  std::vector<State> state;
+  std::vector<OptimStatePart> optim;
 };
 
 // Collective over comm (whose size must equal L.world; rank r holds shard r). With W == 1 and MPI

@@ -92,20 +92,29 @@ TrainState make_state() {
   return st;
 }
 
-// This rank's shards of one set (per unit, train_shard floats): the truth, padding 0.
+// This rank's shards of one set (per unit, train_shard floats): the truth, padding 0. The
+// optimizer state goes to the checkpoint as AdamW's elementwise parts: per tensor piece of the
+// shard (unit_pieces), m then v.
 struct Shards {
+  ModelLayout L;
+  int rank = 0;
   std::vector<std::vector<float>> w, m, v;
   ShardBuffers buffers() {
     ShardBuffers b;
-    b.state = {{"m", {}}, {"v", {}}};
-    for (auto* s : {&w, &m, &v})
-      for (auto& u : *s) (s == &w ? b.w : s == &m ? b.state[0].unit : b.state[1].unit).push_back(u.empty() ? nullptr : u.data());
+    for (auto& u : w) b.w.push_back(u.empty() ? nullptr : u.data());
+    for (const UnitLayout& ul : L.units) {
+      if (ul.train_shard == 0) continue;
+      for (const ParamPiece& pc : unit_pieces(ul, L.world, rank))
+        for (auto* set : {&m, &v})
+          b.optim.push_back({set == &m ? "m" : "v", pc.name, pc.shape, pc.begin, pc.end, pc.begin, pc.end,
+                             (*set)[size_t(ul.index)].data() + pc.offset});
+    }
     return b;
   }
 };
 
 Shards expected_shards(const ModelLayout& L, int rank) {
-  Shards sh;
+  Shards sh{L, rank, {}, {}, {}};
   for (int s = 0; s < 3; s++) {
     auto& set = s == 0 ? sh.w : s == 1 ? sh.m : sh.v;
     for (const UnitLayout& u : L.units) {
@@ -121,15 +130,33 @@ Shards expected_shards(const ModelLayout& L, int rank) {
   return sh;
 }
 
-// Shards of the right sizes filled with NaN (so anything not written by the load shows).
-Shards garbage_shards(const ModelLayout& L) {
-  Shards sh;
+// Shards of the right sizes filled with NaN (so anything not written by the load shows). The
+// optimizer state of the padding is no tensor's and never stored: zeros there, as a fresh
+// optimizer's; the weights' padding is NaN too (the load zeroes it).
+Shards garbage_shards(const ModelLayout& L, int rank = world().rank()) {
+  Shards sh{L, rank, {}, {}, {}};
   for (auto* set : {&sh.w, &sh.m, &sh.v})
-    for (const UnitLayout& u : L.units) set->push_back(std::vector<float>(u.train_shard, std::nanf("")));
+    for (const UnitLayout& u : L.units) {
+      std::vector<float> buf(u.train_shard, set == &sh.w ? std::nanf("") : 0.f);
+      if (set != &sh.w) {
+        const auto [lo, hi] = shard_range(u.train_padded, L.world, rank);
+        for (const TrainEntry& e : u.train) {
+          const auto [b, en] = overlap(e.offset, e.numel, lo, hi);
+          for (size_t i = b; i < en; i++) buf[i - lo] = std::nanf("");
+        }
+      }
+      set->push_back(std::move(buf));
+    }
   return sh;
 }
 
-// Number of elements (over w, and m, v when optim) whose bits differ; SIZE_MAX on a size mismatch.
+bool bits_equal(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+  bool same = a.size() == b.size();
+  for (size_t u = 0; same && u < a.size(); u++)
+    same = a[u].size() == b[u].size() && std::memcmp(a[u].data(), b[u].data(), 4 * a[u].size()) == 0;
+  return same;
+}
+
 size_t count_bit_diffs(const Shards& a, const Shards& b, bool optim = true) {
   size_t bad = 0;
   for (int s = 0; s < (optim ? 3 : 1); s++) {
@@ -275,9 +302,8 @@ TEST(ShardCheckpoint, SaveLoadSameWorldBitwise) {
   err = error_of([&] { load_sharded_checkpoint(path, L, w_only.buffers(), false); });
   EXPECT_ALL_RANKS(err.empty(), "load weights only: " << err);
   const size_t bad_w = count_bit_diffs(w_only, truth_sh, false);
-  bool mv_untouched = true;
-  for (const auto& u : w_only.m)
-    for (float x : u) mv_untouched = mv_untouched && std::isnan(x);
+  Shards fresh = garbage_shards(L);
+  const bool mv_untouched = bits_equal(w_only.m, fresh.m) && bits_equal(w_only.v, fresh.v);
   EXPECT_ALL_RANKS(bad_w == 0 && mv_untouched, bad_w << " weight elements differ; m untouched: " << mv_untouched);
 }
 
@@ -483,11 +509,9 @@ TEST(ShardCheckpoint, BadInputsFailOnEveryRank) {
                           {"good.h5", "unexpected tensor", "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"},
                           "unexpected tensor");
 
-  // Validation happens before anything is written: the shards are still NaN everywhere.
-  bool untouched = true;
-  for (const auto* s : {&g2.w, &g3.w, &g4.w, &g4.m, &g6.w})
-    for (const auto& u : *s)
-      for (float x : u) untouched = untouched && std::isnan(x);
+  // Validation happens before anything is written: the shards are still as garbage_shards made them.
+  const bool untouched = count_bit_diffs(g2, garbage_shards(wider)) == 0 && count_bit_diffs(g3, garbage_shards(rank5)) == 0 &&
+                         count_bit_diffs(g4, garbage_shards(qkv)) == 0 && count_bit_diffs(g6, garbage_shards(qv)) == 0;
   EXPECT_ALL_RANKS(untouched, "a failed load modified the shard buffers");
 
   // A layout for another world size than the communicator's: a clean error, no hang.

@@ -64,6 +64,11 @@ void check_proj(const std::string& proj) {
   size_t part_bytes = 0;
   for (const OptimStatePart& p : parts) {
     EXPECT_EQ(p.begin, 0u);
+    if (p.state == "galore_pending") {  // the refresh flag [1] (0 after this step's refresh), not in the formula
+      EXPECT_EQ(p.shape, (std::vector<int64_t>{1}));
+      EXPECT_EQ(*p.data, 0.f) << p.tensor;
+      continue;
+    }
     size_t numel = 1;
     for (int64_t d : p.shape) numel *= (size_t)d;
     EXPECT_EQ(p.end, numel) << p.state << " " << p.tensor;
@@ -73,14 +78,15 @@ void check_proj(const std::string& proj) {
   EXPECT_EQ(part_bytes, sum);
   // p0 [12, 8]: std -> Right (m >= n), moments [12, 4], proj_right [4, 8]
   if (proj == "std") {
-    ASSERT_EQ(parts.size(), 3u * 3 + 2);
+    ASSERT_EQ(parts.size(), 3u * 4 + 2);  // 3 targets: m, v, projector, galore_pending; p3: m, v
     EXPECT_EQ(parts[0].state, "m");
     EXPECT_EQ(parts[0].shape, (std::vector<int64_t>{12, 4}));
     EXPECT_EQ(parts[2].state, "proj_right");
     EXPECT_EQ(parts[2].shape, (std::vector<int64_t>{4, 8}));
-    EXPECT_EQ(parts[5].state, "proj_left");  // p1 [8, 12]: Left, proj_left [8, 4]
-    EXPECT_EQ(parts[5].shape, (std::vector<int64_t>{8, 4}));
-    EXPECT_EQ(parts[9].shape, (std::vector<int64_t>{8}));  // p3: elementwise m
+    EXPECT_EQ(parts[3].state, "galore_pending");
+    EXPECT_EQ(parts[6].state, "proj_left");  // p1 [8, 12]: Left, proj_left [8, 4]
+    EXPECT_EQ(parts[6].shape, (std::vector<int64_t>{8, 4}));
+    EXPECT_EQ(parts[12].shape, (std::vector<int64_t>{8}));  // p3: elementwise m
   }
 }
 

@@ -19,6 +19,21 @@ void check_param(const ParamRef& p, const std::string& where) {
     fail(where, ": parameter '", p.name, "': numel ", p.numel, " does not match its shape");
 }
 
+// A single process holds every state tensor whole ([0, numel) held and written), once each.
+void check_whole_parts(const std::vector<OptimStatePart>& parts, const std::string& where) {
+  std::set<std::string> seen;
+  for (const OptimStatePart& q : parts) {
+    check_checkpoint_param_name(q.state, where);
+    check_checkpoint_param_name(q.tensor, where);
+    const std::string ds = "/optim/" + q.state + "/" + q.tensor;
+    const size_t n = size_t(shape_numel(q.shape));
+    if (q.begin != 0 || q.end != n || q.write_begin != 0 || q.write_end != n || (n && !q.data))
+      fail(where, ": optimizer state '", ds, "' ", shape_str(q.shape), ": a single-process checkpoint needs the whole tensor, this process holds [",
+           q.begin, ", ", q.end, ") and writes [", q.write_begin, ", ", q.write_end, ")");
+    if (!seen.insert(ds).second) fail(where, ": optimizer state '", ds, "' listed twice");
+  }
+}
+
 }  // namespace
 
 void write_checkpoint_file(const std::string& file, const TrainState& st, const std::vector<ParamRef>& params, Optimizer& opt) {
@@ -32,22 +47,13 @@ void write_checkpoint_file(const std::string& file, const TrainState& st, const 
   LoraConfig lora;
   const bool has_lora = checkpoint_lora(st, file, &lora);
 
+  // Optimizer state only through state_parts (a state tensor may have any shape: GaLore's
+  // projected moments); one process holds and writes each stored tensor whole.
+  const std::vector<OptimStatePart> parts = opt.state_parts(params);
+  check_whole_parts(parts, file);
   h5::H5File f = h5::H5File::create(file);
-  avector<float> zeros;
-  for (const ParamRef& p : params) {
-    f.write("/params/" + p.name, p.w, p.shape);
-    // Optimizer state: a param the optimizer has not stepped yet has zero state (its initial one).
-    for (const OptimStateTensor& t : opt.state(p.name)) {
-      const avector<float>* buf = t.buf;
-      if (!buf->empty() && buf->size() != p.numel)
-        fail(file, ": optimizer state '", t.state, "' of '", p.name, "' has ", buf->size(), " elements, the parameter ", p.numel);
-      if (buf->empty()) {
-        zeros.assign(p.numel, 0.f);
-        buf = &zeros;
-      }
-      f.write("/optim/" + t.state + "/" + p.name, buf->data(), p.shape);
-    }
-  }
+  for (const ParamRef& p : params) f.write("/params/" + p.name, p.w, p.shape);
+  for (const OptimStatePart& q : parts) f.write("/optim/" + q.state + "/" + q.tensor, q.data, q.shape);
   write_checkpoint_attrs(f, st, order, has_lora ? &lora : nullptr);
   f.close();
 }
@@ -77,20 +83,16 @@ TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>&
     wanted.push_back(p.name);
   }
   check_checkpoint_names(path, checkpoint_param_names(f), wanted);
-  for (const ParamRef& p : params) {
-    check_checkpoint_tensor(f, path, "/params/" + p.name, p.shape);
-    if (opt)
-      for (const std::string& s : opt->state_names())
-        check_checkpoint_tensor(f, path, "/optim/" + s + "/" + p.name, p.shape);
+  // state_parts only makes empty (= zero) state real, so asking for it changes no values.
+  std::vector<OptimStatePart> parts;
+  if (opt) {
+    parts = opt->state_parts(params);
+    check_whole_parts(parts, path);
   }
-  for (const ParamRef& p : params) {
-    f.read_into("/params/" + p.name, p.w, p.shape);
-    if (opt)
-      for (const OptimStateTensor& t : opt->state(p.name)) {
-        t.buf->resize(p.numel);
-        f.read_into("/optim/" + t.state + "/" + p.name, t.buf->data(), p.shape);
-      }
-  }
+  for (const ParamRef& p : params) check_checkpoint_tensor(f, path, "/params/" + p.name, p.shape);
+  for (const OptimStatePart& q : parts) check_checkpoint_tensor(f, path, "/optim/" + q.state + "/" + q.tensor, q.shape);
+  for (const ParamRef& p : params) f.read_into("/params/" + p.name, p.w, p.shape);
+  for (const OptimStatePart& q : parts) f.read_into("/optim/" + q.state + "/" + q.tensor, q.data, q.shape);
   if (opt) opt->set_t(st.adam_t);
   return st;
 }

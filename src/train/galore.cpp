@@ -56,7 +56,10 @@ struct GaloreAdamW::TensorState {
   int r = 0;                      // effective rank: min(rank, m, n)
   LowRankPart part;               // targets: the moments' shape and this rank's range
   GaloreProjector proj;
-  bool refresh_pending = false;   // a refresh met an all-zero gradient: retry next step
+  // 1: refresh at the next step whatever its number (no projector yet, or a refresh met an
+  // all-zero gradient); 0: refresh at steps 0, T, 2T... A float so that a checkpoint holds it
+  // ("galore_pending" [1]): a projector loaded with it is only used when it was computed.
+  float pending = 1.f;
   int64_t step = -1;              // galore_torch's state["step"]; -1: not known yet (take t())
   avector<float> m, v;            // [part.size()] for targets, [this rank's elements] otherwise
   avector<float> lo, nrm;         // scratch: projected gradient, m/(sqrt(v)+eps)
@@ -152,10 +155,10 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
       // the gradient the moments see: projected (targets) or as is
       const float* gm = g;
       if (s.target) {
-        if (!s.proj.valid() || s.step % gc_.update_proj_gap == 0 || s.refresh_pending) {
+        if (s.pending != 0.f || !s.proj.valid() || s.step % gc_.update_proj_gap == 0) {
           const auto r0 = clock::now();
           const bool ok = galore_refresh(s.proj, s.side, s.split, g, po, tv.name, s.step, *comm_, *be_);
-          s.refresh_pending = !ok;
+          s.pending = ok ? 0.f : 1.f;
           stats_.refreshes += ok;
           stats_.refresh_seconds += std::chrono::duration<double>(clock::now() - r0).count();
         }
@@ -202,11 +205,14 @@ std::vector<OptimStatePart> GaloreAdamW::state_parts(const std::vector<ParamRef>
       const LowRankPart& lp = s.part;
       out.push_back({"m", tv.name, lp.shape, lp.begin, lp.end, lp.write_begin, lp.write_end, s.m.data()});
       out.push_back({"v", tv.name, lp.shape, lp.begin, lp.end, lp.write_begin, lp.write_end, s.v.data()});
+      // the projector as stored (zeros before the first refresh: `pending` says it is not one yet)
       if (!s.proj.valid()) galore_projector_alloc(s.proj, s.side, s.r, s.split);
       for (const ProjectorPart& q : galore_projector_parts(s.side, s.r, s.split)) {
         avector<float>& buf = q.state[5] == 'r' ? s.proj.right : s.proj.left;  // proj_right / proj_left
         out.push_back({q.state, tv.name, q.shape, q.begin, q.end, q.write_begin, q.write_end, buf.data()});
       }
+      const size_t w1 = comm_->rank() == 0 ? 1 : 0;  // replicated; rank 0 writes it
+      out.push_back({"galore_pending", tv.name, {1}, 0, 1, 0, w1, &s.pending});
     }
   }
   return out;

@@ -67,7 +67,8 @@ class GaloreAdamW : public Optimizer {
   // Elementwise state of non-target tensors; GaLore tensors go through state_parts only.
   std::vector<std::string> state_names() const override { return {"m", "v"}; }
   std::vector<OptimStateTensor> state(const std::string& param) override;
-  // Per tensor: m, v (projected shape for targets), then proj_right / proj_left for targets.
+  // Per tensor: m, v (projected shape for targets), then for targets proj_right / proj_left and
+  // galore_pending [1] (refresh at the next step: no projector computed yet, or a deferred refresh).
   std::vector<OptimStatePart> state_parts(const std::vector<ParamRef>& params) override;
 
   // Bytes of optimizer state this rank holds (moments, projectors), for the planner and the bench.

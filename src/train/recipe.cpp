@@ -83,7 +83,7 @@ const std::vector<KeyDef>& schema() {
       K_FLOAT("lora", "dropout", lora.dropout, "dropout on the LoRA input, in [0, 1)", "lora_dropout"),
       K_BOOL("lora", "rslora", lora.rslora, "rank-stabilized scale alpha / sqrt(rank)", "use_rslora"),
       K_LIST("lora", "target_modules", lora.target_modules, "linears that get an adapter: any of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, or \"all-linear\"", "targets", "modules"),
-      K_STR("optim", "name", optim_name, "optimizer: adamw (torch.optim.AdamW semantics, fp32 moments)", "optimizer", "optim"),
+      K_STR("optim", "name", optim_name, "optimizer: adamw (torch.optim.AdamW semantics, fp32 moments) | galore_adamw (galore_torch GaLoreAdamW: AdamW on low-rank projections of the [galore] targets)", "optimizer", "optim"),
       K_FLOAT("optim", "lr", lr, "peak learning rate", "learning_rate"),
       K_FLOAT("optim", "beta1", adamw.beta1, "AdamW beta1", "adam_beta1"),
       K_FLOAT("optim", "beta2", adamw.beta2, "AdamW beta2", "adam_beta2"),
@@ -93,6 +93,15 @@ const std::vector<KeyDef>& schema() {
       K_STR("optim", "lr_schedule", lr_schedule, "constant | linear | cosine, after linear warmup (transformers semantics)", "lr_scheduler_type", "schedule", "scheduler"),
       K_INT("optim", "warmup_steps", warmup_steps, "linear warmup steps (lr = 0 at step 0)", "warmup"),
       K_FLOAT("optim", "min_lr_ratio", min_lr_ratio, "floor of the decay as a fraction of lr (0 = decay to 0, as transformers)", "min_lr_rate"),
+      K_INT("galore", "rank", galore.rank, "rank r of the gradient projection (effective: min(r, rows, cols))", "galore_rank"),
+      K_INT("galore", "update_proj_gap", galore.update_proj_gap, "steps between projector refreshes (SVD of the gradient at each tensor's steps 0, T, 2T...)", "galore_update_proj_gap", "proj_gap"),
+      K_FLOAT("galore", "scale", galore.scale, "scale of the back-projected update", "galore_scale"),
+      K_STR("galore", "proj_type", galore.proj_type, "std | reverse_std | left | right | full (std: right for rows >= cols, else left)", "galore_proj_type"),
+      K_LIST("galore", "targets", galore.targets, "tensors projected, by substring of their HF name as galore_torch's target_modules (\"attn\", \"mlp\", \"q_proj\", \"embed_tokens\"...), or \"lora\" for the LoRA factors; other tensors get plain AdamW", "target_modules", "galore_target_modules"),
+      K_STR("galore", "svd", galore.svd, "exact (LAPACK SVD, one process) | randomized (range finder with subspace iteration; also under mpirun)", "svd_method"),
+      K_INT("galore", "oversample", galore.oversample, "randomized: extra sketch columns beyond r"),
+      K_INT("galore", "power_iters", galore.power_iters, "randomized: subspace iterations"),
+      K_STR("galore", "moments", galore.moments, "moment storage: fp32", "galore_moments"),
       K_STR("data", "path", data_path, "HDF5 token dataset (format frugal-tokens-v1); empty = use data.synthetic", "dataset", "train_file"),
       K_STR("data", "synthetic", data_synthetic, "\"patterns\": a deterministic learnable dataset made on the fly when data.path is empty (\"\" = none)"),
       K_INT("data", "seq_len", seq_len, "tokens per row (>= 2)", "max_seq_length", "max_length", "seq_length"),
@@ -453,7 +462,8 @@ void Recipe::validate(const std::string& where) const {
     fail(where, ": lora.target_modules: ", e.what());
   }
   // [optim]
-  one_of("optim.name", optim_name, {"adamw"});
+  one_of("optim.name", optim_name, {"adamw", "galore_adamw"});
+  if (optim_name == "galore_adamw") galore.validate(where);
   need(std::isfinite(lr) && lr > 0.f, "optim.lr", lr, "must be > 0");
   need(adamw.beta1 >= 0.f && adamw.beta1 < 1.f, "optim.beta1", adamw.beta1, "must be in [0, 1)");
   need(adamw.beta2 >= 0.f && adamw.beta2 < 1.f, "optim.beta2", adamw.beta2, "must be in [0, 1)");

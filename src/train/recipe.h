@@ -2,7 +2,7 @@
 // parsing, `--set section.key=value` overrides, validation, "did you mean" suggestions and the
 // effective-recipe dump (to_toml).
 //
-// Sections: [model] [quant] [lora] [optim] [data] [train] [checkpoint] [fsdp] [device]; the keys and their help
+// Sections: [model] [quant] [lora] [optim] [galore] [data] [train] [checkpoint] [fsdp] [device]; the keys and their help
 // are listed by recipe_help() and, with their values, by to_toml() (`frugal train --dry-run`).
 // An unknown section or key, a value of the wrong type or out of range is a frugal::Error naming
 // the key and the file (or the --set argument), with the nearest valid key by edit distance (also
@@ -19,6 +19,7 @@
 #include "src/model/lora.h"
 #include "src/model/model.h"
 #include "src/model/optim.h"
+#include "src/train/galore.h"
 
 namespace frugal {
 
@@ -42,6 +43,8 @@ struct Recipe {
   std::string lr_schedule = "cosine";     // constant | linear | cosine
   int warmup_steps = 0;
   float min_lr_ratio = 0.f;
+  // [galore] (optim.name = "galore_adamw"; src/train/galore.h)
+  GaloreConfig galore;
   // [data]
   std::string data_path;                  // HDF5 dataset (see src/io/dataset.h)
   std::string data_synthetic;             // "" or "patterns": a deterministic learnable dataset made on the fly when data_path is empty or absent

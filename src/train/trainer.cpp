@@ -21,6 +21,7 @@
 #include "src/model/init.h"
 #include "src/model/lora.h"
 #include "src/model/tensors.h"
+#include "src/train/galore.h"
 #include "src/train/progress.h"
 
 namespace frugal {
@@ -50,13 +51,23 @@ static std::string model_dir_of(const Recipe& r) {
 
 Trainer::~Trainer() = default;
 
-Trainer::Trainer(const Recipe& r, Communicator* comm)
-    : r_(r), opt_(make_optimizer(r.optim_name, r.adamw, backend_by_name(r.device_backend))) {
+// The recipe's optimizer (optim.name). GaLore-AdamW works on the job's communicator: its
+// projector refresh reduces small products over the ranks that share a tensor's rows.
+static std::unique_ptr<Optimizer> make_train_optimizer(const Recipe& r, Communicator& comm, Backend& be) {
+  if (r.optim_name != "galore_adamw") return make_optimizer(r.optim_name, r.adamw, be);
+  if (comm.world() > 1 && r.galore.svd == "exact")
+    fail(r.path, ": galore.svd = \"exact\" takes the SVD of each whole gradient on one process; under mpirun (",
+         comm.world(), " ranks) use galore.svd = \"randomized\", which works on the sharded rows");
+  return std::make_unique<GaloreAdamW>(r.adamw, r.galore, comm, r.seed, be);
+}
+
+Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r) {
   if (!comm) {
     own_comm_ = make_world_communicator();
     comm = own_comm_.get();
   }
   comm_ = comm;
+  opt_ = make_train_optimizer(r_, *comm_, backend_by_name(r_.device_backend));
   // fsdp.comm_timeout, unless the environment overrides it (FRUGAL_COMM_TIMEOUT, read by the communicator)
   if (!std::getenv("FRUGAL_COMM_TIMEOUT")) comm_->set_timeout_seconds(r_.fsdp_comm_timeout);
   const int W = comm_->world();
@@ -188,24 +199,19 @@ static std::vector<std::pair<std::string, std::string>> toml_keys(const std::str
   return kv;
 }
 
-// This rank's master and optimizer-state shards per unit, for the sharded checkpoint. The
-// optimizer creates its state on the first step: before it, the state is zeros of the shard's size.
+// This rank's master shards per unit and its optimizer-state parts, for the sharded checkpoint
+// (state_parts allocates, as zeros, the state of tensors the optimizer has not stepped yet).
 static ShardBuffers shard_buffers(const ModelLayout& L, Fsdp& f, Optimizer& opt) {
   ShardBuffers b;
   b.w.assign(L.units.size(), nullptr);
-  for (const std::string& s : opt.state_names()) b.state.push_back({s, std::vector<float*>(L.units.size(), nullptr)});
   for (const ParamRef& p : f.shard_params()) {
     int u = -1;
     for (const UnitLayout& ul : L.units)
       if (p.name == "fsdp/" + ul.name) u = ul.index;
     FRUGAL_CHECK(u >= 0, "internal: shard param ", p.name, " has no unit");
     b.w[u] = p.w;
-    std::vector<OptimStateTensor> st = opt.state(p.name);
-    for (size_t k = 0; k < st.size(); k++) {
-      if (st[k].buf->empty()) st[k].buf->assign(p.numel, 0.f);
-      b.state[k].unit[u] = st[k].buf->data();
-    }
   }
+  b.optim = opt.state_parts(f.shard_params());
   return b;
 }
 
