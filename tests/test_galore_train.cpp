@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -19,6 +20,7 @@
 
 #include "src/model/init.h"
 #include "src/train/galore.h"
+#include "src/train/plan.h"
 #include "src/train/recipe.h"
 #include "src/train/trainer.h"
 #include "tests/test_util.h"
@@ -134,6 +136,29 @@ TEST_F(GaloreTrainTest, FullFineTuningResumeIsExact) {
   expect_resume_exact(r, 3, dir_->path("full2"));
 }
 
+// The planner's optimizer row is the state the optimizer holds after a step (GaLore formula), and
+// far below AdamW's for the same recipe.
+TEST_F(GaloreTrainTest, PlanOptimizerRowEqualsStateBytes) {
+  for (const Recipe& r : {full_ft("plan_full"), lora_targets("plan_lora")}) {
+    Trainer t(r);
+    t.verbose = false;
+    t.train_step();
+    const auto& g = dynamic_cast<const GaloreAdamW&>(t.optimizer());
+    const Plan p = make_plan(r, 1);
+    ASSERT_NE(p.row("optimizer_state"), nullptr);
+    EXPECT_EQ(p.row("optimizer_state")->host, g.state_bytes()) << r.output_dir;
+    Recipe ra = r;
+    ra.optim_name = "adamw";
+    const Plan pa = make_plan(ra, 1);
+    size_t floats = 0;
+    for (const ParamRef& q : t.params()) floats += q.numel;
+    EXPECT_EQ(pa.row("optimizer_state")->host, 8 * floats);
+    std::printf("%s: GaLore state %zu B, AdamW %zu B (%.1f%%)\n", r.train_mode.c_str(), g.state_bytes(), 8 * floats,
+                100.0 * g.state_bytes() / (8.0 * floats));
+    EXPECT_LT(p.row("optimizer_state")->host, pa.row("optimizer_state")->host);
+  }
+}
+
 // (b) step 0 refreshes every lora_B; every lora_A has a zero gradient (B = 0) and defers. The
 // checkpoint after that step holds A pending (and an all-zero stored projector): the resumed run
 // must refresh A at step 1 (1 % update_proj_gap != 0, so only the saved flag makes it).
@@ -200,4 +225,33 @@ TEST_F(GaloreTrainTest, AdamWCheckpointIsRefused) {
   Trainer t(rg);
   t.verbose = false;
   test_util::expect_error([&] { t.resume(ck); }, {"a.h5", "/optim/"});
+}
+
+// The shipped GaLore recipes fit what their headers say, and the same recipes with AdamW do not:
+// the optimizer row is what makes the difference (planner figures, no weights read).
+TEST_F(GaloreTrainTest, ShippedRecipesFitAndAdamWDoesNot) {
+  struct Case {
+    const char* file;
+    const char* preset;
+    double device;
+  };
+  for (const Case& c : {Case{"llama3_1_70b_qlora_galore_2x24gb.toml", "llama3.1-70b", 24.0 * (1 << 30)},
+                        Case{"llama3_1_8b_full_galore.toml", "llama3.1-8b", 48.0 * (1 << 30)}}) {
+    Recipe r = Recipe::load(std::string(FRUGAL_SOURCE_DIR) + "/recipes/" + c.file, {std::string("model.preset=") + c.preset});
+    ASSERT_EQ(r.optim_name, "galore_adamw") << c.file;
+    PlanOptions o;
+    o.world = 2;
+    o.device_memory = c.device;
+    o.host_memory = 64.0 * (1 << 30);
+    o.runtime_bytes = 32 << 20;
+    const Plan g = make_plan(r, o);
+    r.optim_name = "adamw";
+    const Plan a = make_plan(r, o);
+    std::printf("%s: GaLore %.2f GiB per rank (optimizer %.2f GiB), AdamW %.2f GiB (optimizer %.2f GiB)\n", c.file,
+                g.device_total / 1073741824.0, g.row("optimizer_state")->device / 1073741824.0,
+                a.device_total / 1073741824.0, a.row("optimizer_state")->device / 1073741824.0);
+    EXPECT_TRUE(g.fits) << c.file;
+    EXPECT_FALSE(a.fits) << c.file;
+    EXPECT_LE(g.row("optimizer_state")->device, 0.35 * a.row("optimizer_state")->device) << c.file;  // >= 65% smaller
+  }
 }

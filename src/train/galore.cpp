@@ -48,6 +48,16 @@ size_t galore_state_bytes(const GaloreConfig& c, const std::string& name, const 
   return (2 * lo + proj) * sizeof(float);
 }
 
+size_t galore_held_state_bytes(const GaloreConfig& c, const ParamPiece& pc, int world, int rank) {
+  if (!galore_is_target(c, pc.name, pc.shape)) return 2 * (pc.end - pc.begin) * sizeof(float);
+  const MatrixSplit split{pc.shape[0], pc.shape[1], pc.cuts, rank};
+  const ProjSide side = galore_side(c.proj_type, pc.shape[0], pc.shape[1]);
+  const int r = galore_effective_rank(c.rank, pc.shape[0], pc.shape[1]);
+  size_t b = 2 * galore_low_rank_part(side, r, split, world).size();
+  for (const ProjectorPart& q : galore_projector_parts(side, r, split)) b += q.end - q.begin;
+  return b * sizeof(float);
+}
+
 struct GaloreAdamW::TensorState {
   bool target = false;
   std::vector<int64_t> shape;

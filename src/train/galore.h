@@ -93,5 +93,9 @@ class GaloreAdamW : public Optimizer {
 // Bytes of GaLore-AdamW state for one whole tensor (the planner's formula; the optimizer's
 // state_bytes() at W = 1 equals the sum of these).
 size_t galore_state_bytes(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape);
+// The same for the part of a tensor one rank of `world` holds (piece: its flat range and every
+// rank's cuts, src/model/params.h): moments of its LowRankPart and its projector parts for a
+// target, m and v of its elements otherwise. Sums to the optimizer's state_bytes() on that rank.
+size_t galore_held_state_bytes(const GaloreConfig& c, const ParamPiece& piece, int world, int rank);
 
 }  // namespace frugal

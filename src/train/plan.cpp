@@ -3,6 +3,7 @@
 #include "src/train/plan.h"
 
 #include "src/model/tensors.h"
+#include "src/train/galore.h"
 
 #include <omp.h>
 #include <unistd.h>
@@ -171,7 +172,8 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
   ModelOptions mo = r.model_options();
   const LoraConfig* lora = &r.lora;
   // dense trainables (train.trainable / train.mode = "full") sit in the trainable buffers: their
-  // masters, grads and AdamW state count in the "LoRA + grads + optimizer" row (16 B per float)
+  // masters and grads count in the "trainables + grads" row (8 B per float), their optimizer
+  // state in "optimizer state" (AdamW 8 B per float; GaLore-AdamW per tensor, galore.h)
   std::vector<std::string> dense;
   for (const ModelTensor& t : select_trainable(c, r.train_mode, r.train_trainable)) dense.push_back(t.name);
   const ModelLayout L = make_model_layout(c, mo, r.train_mode == "lora" ? lora : nullptr, p.fsdp ? o.world : 1, dense);
@@ -188,18 +190,36 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
     const FsdpMemory fm = fsdp_memory_model(L, fo, /*backward=*/true);
     frozen = fm.frozen_shard;
     gathered = fm.gathered_peak + fm.grad_in_flight;
-    lora_state = fm.train_shard;
-    frozen_note = str("1/", o.world, " of ", human((double)frozen * o.world), " (NF4 ~0.52 B/param)");
+    lora_state = fm.train_shard / 2;  // w, g (m, v: the optimizer row)
+    frozen_note = str("1/", o.world, " of ", human((double)frozen * o.world),
+                      mo.quant == QuantMode::NF4 ? " (NF4 ~0.52 B/param)" : "");
     gathered_note = str("prefetch ", fo.prefetch, ": ", human((double)fm.gathered_peak), " units + ",
                         human((double)fm.grad_in_flight), " LoRA grads in flight");
-    lora_note = str(L.total_train_shard(), " shard floats x 16 B (w, g, m, v)");
+    lora_note = str(L.total_train_shard(), " shard floats x 8 B (w, g)");
   } else {
     for (const auto& u : L.units)
       for (const auto& e : u.frozen) frozen += e.bytes;  // LlamaModel::load stores the unpadded parts
     gathered_note = "single process: whole model resident";
     frozen_note = "whole model (single process)";
-    lora_state = 16 * L.total_train_numel();
-    lora_note = str(L.total_train_numel(), " trainable x 16 B (w, g, m, v)");
+    lora_state = 8 * L.total_train_numel();
+    lora_note = str(L.total_train_numel(), " trainable x 8 B (w, g)");
+  }
+  // ---- optimizer state of the busiest rank
+  const size_t train_floats = p.fsdp ? L.total_train_shard() : L.total_train_numel();
+  size_t optim = 8 * train_floats;
+  std::string optim_note = str("AdamW m, v: ", train_floats, p.fsdp ? " shard" : "", " floats x 8 B");
+  if (r.optim_name == "galore_adamw") {
+    const int Wl = p.fsdp ? o.world : 1;
+    optim = 0;
+    for (int rank = 0; rank < Wl; rank++) {
+      size_t b = 0;
+      for (const UnitLayout& u : L.units)
+        for (const ParamPiece& pc : unit_pieces(u, Wl, rank)) b += galore_held_state_bytes(r.galore, pc, Wl, rank);
+      optim = std::max(optim, b);
+    }
+    optim_note = str("GaLore-AdamW rank ", r.galore.rank, " (", r.galore.proj_type, "), ",
+                     std::lround(100.0 * (double)optim / (double)std::max<size_t>(1, 8 * train_floats)),
+                     "% of AdamW's ", human(8.0 * (double)train_floats));
   }
   // LoRA chunk scratch (the backend's lora_forward/backward, main thread, kept): xd [rows,in],
   // dyf [rows,out], du [rows,r], rows = Backend::lora_chunk_rows
@@ -279,8 +299,9 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
   add("gathered_units", "gathered units in flight", gathered, true, gathered_note);
   add("dequant_scratch", "dequant scratch", dequant, true,
       mo.quant == QuantMode::NF4 ? str(nthr, " thread(s) x one NF4 tile (bf16)") : std::string("bf16 weights: none"));
-  add("lora_optimizer", "LoRA + grads + optimizer", lora_state + lora_scratch, true,
+  add("trainables", "trainables + grads", lora_state + lora_scratch, true,
       lora_note + str(" + ", human((double)lora_scratch), " chunk scratch"));
+  add("optimizer_state", "optimizer state", optim, true, optim_note);
   add("activations", "activations", act, true,
       str(p.checkpointing ? "checkpointed" : "not checkpointed", ", ", p.rows, " x ", p.seq_len, " tokens (",
           p.checkpointing ? "without" : "with", " checkpointing: ", human((double)p.activations_other), ")"));

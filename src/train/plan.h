@@ -8,8 +8,12 @@
 //   gathered units      FSDP only: fsdp_memory_model() gathered_peak + grad_in_flight
 //   dequant scratch     kernels/cpu/linear.cpp: each OpenMP thread keeps one NF4 tile, the largest
 //                       over every linear's forward [tr, in] and backward_input [tr, ti] tiles (bf16)
-//   LoRA state          A, B, dA, dB, AdamW m, v: 16 B per trainable fp32 (FSDP: per shard float)
-//                       + the LoRA chunk scratch of kernels/cpu/lora.cpp (3 fp32 buffers, main thread)
+//   trainables + grads  fp32 masters and grads (LoRA A, B; dense trainables): 8 B per trainable
+//                       float (FSDP: per shard float) + the LoRA chunk scratch of kernels/cpu/lora.cpp
+//                       (3 fp32 buffers, main thread)
+//   optimizer state     AdamW: m, v, 8 B per trainable (shard) float; GaLore-AdamW: per tensor the
+//                       moments in the projected shape and the projector as this rank holds them
+//                       (galore_held_state_bytes; the busiest rank under FSDP)
 //   activations         exactly LlamaModel::memory_report().activation_bytes after a
 //                       forward_backward on this rank's [rows, seq_len] batch (plan_activation_bytes)
 //   logits chunk        kernels/cpu/lm_head_ce.cpp scratch for one [row chunk, vocab chunk]
