@@ -37,6 +37,7 @@
 #include "src/model/block.h"
 #include "src/model/model.h"
 #include "src/cli/bench_train.h"
+#include "src/cli/bench_galore.h"
 #include "src/cli/bench_shard.h"
 
 namespace frugal {
@@ -492,6 +493,7 @@ void register_bench(CLI::App& app) {
   ops->callback([o] { run_bench_ops(*o); });
   register_bench_train(*bench);  // frugal bench train (src/cli/bench_train.cpp)
   register_bench_shard(*bench);  // frugal bench shard (src/cli/bench_shard.cpp)
+  register_bench_galore(*bench); // frugal bench galore (src/cli/bench_galore.cpp)
 }
 
 }  // namespace frugal
