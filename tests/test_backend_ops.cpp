@@ -16,6 +16,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "kernels/cpu/attention_decode.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemm_f32.h"
 #include "kernels/cpu/lm_head_ce.h"
 #include "kernels/cpu/lora.h"
 #include "kernels/cpu/residual.h"
@@ -500,6 +502,36 @@ void check_runtime(Backend& be, const std::string& op) {
   }
 }
 
+void check_lowrank(Backend& be, const std::string& op) {
+  if (op == "gemm_f32") {
+    const int M = 37, N = 59, K = 111;
+    for (const bool ta : {false, true})
+      for (const bool tb : {false, true}) {
+        std::unique_ptr<DBuf<float>> A(rand_f32(be, (size_t)M * K, 91)), B(rand_f32(be, (size_t)K * N, 92)),
+            C(rand_f32(be, (size_t)M * N, 93));
+        std::vector<float> ref(C->h.begin(), C->h.begin() + (size_t)M * N);
+        gemm_f32_ref(ta, tb, M, N, K, 0.7f, A->h.data(), ta ? M : K, B->h.data(), tb ? K : N, 0.3f, ref.data(), N);
+        be.gemm_f32(ta, tb, M, N, K, 0.7f, A->d, ta ? M : K, B->d, tb ? K : N, 0.3f, C->d, N);
+        expect_close(*C, ref, 1e-5, "gemm_f32 ta=" + std::to_string(ta) + " tb=" + std::to_string(tb));
+      }
+    return;
+  }
+  for (const auto [m, n] : {std::pair{37, 59}, std::pair{59, 37}}) {  // svd_f32: U·diag(S)·Vt = A
+    const int k = std::min(m, n);
+    std::unique_ptr<DBuf<float>> A(rand_f32(be, (size_t)m * n, 94)), U(new DBuf<float>(be, (size_t)m * k)),
+        S(new DBuf<float>(be, k)), Vt(new DBuf<float>(be, (size_t)k * n));
+    be.svd_f32(A->d, m, n, U->d, S->d, Vt->d);
+    U->download(), S->download(), Vt->download();
+    std::vector<double> rec((size_t)m * n, 0.0);
+    for (int i = 0; i < m; i++)
+      for (int j = 0; j < n; j++)
+        for (int q = 0; q < k; q++) rec[(size_t)i * n + j] += (double)U->h[(size_t)i * k + q] * S->h[q] * Vt->h[(size_t)q * n + j];
+    EXPECT_LE(nerr(A->h.data(), rec.data(), rec.size()), 1e-5) << "svd_f32 reconstruction";
+    EXPECT_TRUE(U->guard_ok() && S->guard_ok() && Vt->guard_ok()) << "svd_f32 guard";
+    for (int q = 1; q < k; q++) EXPECT_GE(S->h[q - 1], S->h[q]) << "svd_f32 S descending";
+  }
+}
+
 // Op name -> its check. Every entry of backend_op_names() must have one (EveryOpHasACheck).
 const std::map<std::string, Check>& checks() {
   static const std::map<std::string, Check> m = [] {
@@ -518,6 +550,7 @@ const std::map<std::string, Check>& checks() {
     add({"lora_forward", "lora_backward", "lora_chunk_rows"}, check_lora);
     add({"lm_head_ce", "lm_head_logits"}, check_head);
     add({"adamw_update", "grad_sq_sums", "grad_scale"}, check_optim);
+    add({"gemm_f32", "svd_f32"}, check_lowrank);
     add({"kernel_scratch", "warm_up"}, check_runtime);
     return c;
   }();

@@ -122,6 +122,13 @@ class Backend {
   // g *= coef in every chunk (gradient clipping)
   virtual void grad_scale(const GradChunk* chunks, size_t count, float coef) = 0;
 
+  // ---- low rank (GaLore's projector) ----
+  // C[M,N] = alpha·op(A)·op(B) + beta·C, fp32 row-major (kernels/cpu/gemm_f32.h conventions)
+  virtual void gemm_f32(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
+                        const float* B, int ldb, float beta, float* C, int ldc) = 0;
+  // Thin SVD of A [m,n] fp32: U [m,k], S [k] descending, Vt [k,n], k = min(m,n)
+  virtual void svd_f32(const float* A, int m, int n, float* U, float* S, float* Vt) = 0;
+
   // ---- runtime ----
   virtual KernelScratch kernel_scratch() const = 0;
   // Initializes what the first training step would (thread pools, GEMM libraries), so the

@@ -15,6 +15,7 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/lm_head_ce.h"
 #include "kernels/cpu/lora.h"
+#include "kernels/cpu/lowrank.h"
 #include "kernels/cpu/residual.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -145,6 +146,13 @@ class CpuBackend final : public Backend {
   void grad_scale(const GradChunk* chunks, size_t count, float coef) override {
     k::grad_scale(chunks, count, coef);
   }
+
+  // ---- low rank ----
+  void gemm_f32(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
+                const float* B, int ldb, float beta, float* C, int ldc) override {
+    k::gemm_f32(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+  void svd_f32(const float* A, int m, int n, float* U, float* S, float* Vt) override { k::svd_f32(A, m, n, U, S, Vt); }
 
   // ---- runtime ----
   KernelScratch kernel_scratch() const override { return {kLmHeadRowChunk, kLmHeadVocabChunk}; }
