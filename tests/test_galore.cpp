@@ -1,13 +1,16 @@
 // test_galore.cpp: GaLore-AdamW against galore_torch (fixture tests/fixtures/galore from
 // scripts/gen_galore_fixture.py: every proj_type, 7 steps, refreshes at 0, 3, 6), target selection,
-// config validation, deferred refresh on a zero gradient, state sizes and shapes.
+// config validation, deferred refresh on a zero gradient, state sizes and shapes; the projector's
+// randomized SVD against the exact one and a known SVD (angle bounds from the spectral gap), zero
+// and rank-deficient gradients, the sign convention (sharded runs: tests/mpi_galore_projector.cpp).
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "src/io/safetensors.h"
-#include "tests/test_util.h"
 #include "src/train/galore.h"
+#include "tests/galore_matrix.h"
+#include "tests/test_util.h"
 
 using namespace frugal;
 using frugal::test_util::fixture_f32;
@@ -159,4 +162,224 @@ TEST(Galore, DeferredRefreshOnZeroGradient) {
   EXPECT_NE(w, w0);
   opt.step(refs, 1e-2f);
   EXPECT_EQ(opt.stats().refreshes, 1);  // step 2: no refresh (gap 10)
+}
+
+// ---- the projector (one process) ----
+
+namespace {
+
+using test_util::KnownSvd;
+using test_util::sign_ok;
+
+constexpr double kU = 5.960464477539063e-8;  // fp32 unit roundoff 2^-24
+
+GaloreProjector refresh_whole(const std::vector<float>& g, int64_t m, int64_t n, ProjSide side,
+                              const ProjectorOptions& o, bool* ok = nullptr) {
+  auto comm = make_self_communicator();
+  GaloreProjector p;
+  const bool r = galore_refresh(p, side, MatrixSplit::whole(m, n), g.data(), o, "layers.0.mlp.up_proj.weight", 3,
+                                *comm, cpu_backend());
+  if (ok) *ok = r;
+  return p;
+}
+
+ProjectorOptions randomized(int rank, int power_iters, int oversample = 8) {
+  return ProjectorOptions{rank, "randomized", oversample, power_iters, 1234};
+}
+
+// v_j = Gᵀ·u_j (fp64) for a Left projector's column j: the sign convention is on v.
+std::vector<float> right_vector_of(const std::vector<float>& g, int64_t m, int64_t n, const avector<float>& u,
+                                   int r, int j) {
+  std::vector<float> v(n);
+  for (int64_t c = 0; c < n; c++) {
+    double acc = 0;
+    for (int64_t i = 0; i < m; i++) acc += (double)g[i * n + c] * u[i * r + j];
+    v[c] = (float)acc;
+  }
+  return v;
+}
+
+}  // namespace
+
+// G = U·diag(σ)·Vᵀ with σ_j = 0.9^j for the r = 6 kept directions, then a drop to 0.1·0.5^(j-r).
+// Bounds (σ 0-indexed, q power iterations, l = r + p samples, u = 2^-24):
+//   sampling (Halko et al. 2011, thm 9.1 + 9.2 + prop 10.3/10.4, split at k = l - 4):
+//     res = ‖(I - QQᵀ)G‖ ≤ σ_k·(1 + X²)^(1/(4q+2)), X = ‖Ω₂Ω₁⁺‖ ≤ (√(n-k) + √l + 6)·(e√l/5)·10
+//     for all but 2e-8 of the Ω draws (a fixed seed here, so deterministic).
+//   Right (v): Davis-Kahan on GᵀG vs Gᵀ·QQᵀ·G (‖Δ‖ = res²): sin θ ≤ res² / (σ_{r-1}² - σ_r² - res²)
+//   Left (u):  Wedin on G vs QQᵀG (ÛᵀE = 0):                sin θ ≤ res / (σ_{r-1} - σ_r - res)
+//   fp32 rounding of either algorithm (a backward error ε = √(mn)·u·σ_0), Wedin:
+//     floor = ε / (σ_{r-1} - σ_r - ε)
+// randomized vs truth ≤ sampling + floor; exact vs truth ≤ floor; randomized vs exact ≤ sampling + 2 floor.
+TEST(GaloreProjector, RandomizedMatchesExactOnDecayingSpectrum) {
+  const int r = 6, p = 8;
+  auto sigma = [&](int64_t j) { return j < r ? std::pow(0.9, (double)j) : 0.1 * std::pow(0.5, (double)(j - r)); };
+  for (const ProjSide side : {ProjSide::Right, ProjSide::Left}) {
+    const int64_t m = side == ProjSide::Right ? 96 : 80, n = side == ProjSide::Right ? 80 : 96;
+    const KnownSvd K = test_util::make_known_svd(m, n, sigma, 7);
+    const GaloreProjector ex = refresh_whole(K.g, m, n, side, ProjectorOptions{r, "exact"});
+    for (const int q : {1, 2}) {
+      const GaloreProjector rd = refresh_whole(K.g, m, n, side, randomized(r, q, p));
+      ASSERT_TRUE(rd.valid() && ex.valid());
+      ASSERT_EQ(rd.r, r);
+      const int l = r + p, k = l - 4;
+      const double X = (std::sqrt((double)(n - k)) + std::sqrt((double)l) + 6) * (std::exp(1.0) * std::sqrt((double)l) / 5) * 10;
+      const double res = K.sigma[k] * std::pow(1 + X * X, 1.0 / (4 * q + 2));
+      const double gap = K.sigma[r - 1] - K.sigma[r], gap2 = K.sigma[r - 1] * K.sigma[r - 1] - K.sigma[r] * K.sigma[r];
+      const double sampling = side == ProjSide::Right ? res * res / (gap2 - res * res) : res / (gap - res);
+      const double eps = std::sqrt((double)(m * n)) * kU * K.sigma[0], floor = eps / (gap - eps);
+      ASSERT_GT(gap2 - res * res, 0.0);
+      // the r rows compared: Right P = Vh[:r] [r, n]; Left P = U[:, :r] as rows [r, m]
+      const int64_t len = side == ProjSide::Right ? n : m;
+      std::vector<float> a, b, t;
+      if (side == ProjSide::Right) {
+        a.assign(rd.right.begin(), rd.right.end()), b.assign(ex.right.begin(), ex.right.end());
+        t.assign(K.vt.begin(), K.vt.begin() + r * n);
+      } else {
+        a = test_util::columns_as_rows(rd.left.data(), m, r, r), b = test_util::columns_as_rows(ex.left.data(), m, r, r);
+        t = test_util::columns_as_rows(K.u.data(), m, K.k, r);
+      }
+      const double rand_true = subspace_angle(a.data(), t.data(), r, len);
+      const double exact_true = subspace_angle(b.data(), t.data(), r, len);
+      const double rand_exact = subspace_angle(a.data(), b.data(), r, len);
+      std::printf("  %s q=%d: angle(randomized, true) %.3g (bound %.3g), angle(exact, true) %.3g (bound %.3g), "
+                  "angle(randomized, exact) %.3g (bound %.3g)\n",
+                  side == ProjSide::Right ? "right" : "left", q, rand_true, sampling + floor, exact_true, floor,
+                  rand_exact, sampling + 2 * floor);
+      EXPECT_LE(rand_true, sampling + floor) << "q " << q;
+      EXPECT_LE(exact_true, floor);
+      EXPECT_LE(rand_exact, sampling + 2 * floor) << "q " << q;
+      // each pair individually (σ_j distinct, relative gaps 0.1) and with the same sign as the truth
+      for (int j = 0; j < r; j++) {
+        double da = 0, db = 0;
+        for (int64_t e = 0; e < len; e++) da += (double)a[j * len + e] * t[j * len + e], db += (double)b[j * len + e] * t[j * len + e];
+        EXPECT_GT(da, 0.99) << "randomized pair " << j << " q " << q;
+        EXPECT_GT(db, 0.9999) << "exact pair " << j;
+        if (side == ProjSide::Right) {
+          EXPECT_TRUE(sign_ok(rd.right.data() + j * n, n)) << "randomized sign, pair " << j;
+          EXPECT_TRUE(sign_ok(ex.right.data() + j * n, n)) << "exact sign, pair " << j;
+        } else {
+          EXPECT_TRUE(sign_ok(right_vector_of(K.g, m, n, rd.left, r, j).data(), n)) << "randomized sign, pair " << j;
+          EXPECT_TRUE(sign_ok(right_vector_of(K.g, m, n, ex.left, r, j).data(), n)) << "exact sign, pair " << j;
+        }
+      }
+    }
+  }
+}
+
+// An all-zero G has no subspace: false, the projector left as it was (both paths, every side).
+TEST(GaloreProjector, ZeroGradientReturnsFalse) {
+  const int64_t m = 9, n = 7;
+  const std::vector<float> zero((size_t)(m * n), 0.f);
+  std::vector<float> g((size_t)(m * n));
+  for (size_t e = 0; e < g.size(); e++) g[e] = std::sin(0.3f * (float)e + 1.f);
+  auto comm = make_self_communicator();
+  for (const char* svd : {"exact", "randomized"})
+    for (const ProjSide side : {ProjSide::Left, ProjSide::Right, ProjSide::Full}) {
+      const ProjectorOptions o{3, svd, 4, 2, 5};
+      GaloreProjector p;
+      EXPECT_FALSE(galore_refresh(p, side, MatrixSplit::whole(m, n), zero.data(), o, "t", 0, *comm, cpu_backend()));
+      EXPECT_FALSE(p.valid());
+      EXPECT_TRUE(p.right.empty() && p.left.empty());
+      ASSERT_TRUE(galore_refresh(p, side, MatrixSplit::whole(m, n), g.data(), o, "t", 0, *comm, cpu_backend()));
+      const GaloreProjector before = p;
+      EXPECT_FALSE(galore_refresh(p, side, MatrixSplit::whole(m, n), zero.data(), o, "t", 1, *comm, cpu_backend()));
+      EXPECT_EQ(p.r, before.r);
+      EXPECT_TRUE(p.right == before.right && p.left == before.left) << svd;
+    }
+}
+
+// rank(G) < l (and < r): the randomized path's CholeskyQR meets a singular Gram and fills the
+// missing directions; the projector must still be orthonormal, hold G's whole range (so that
+// project_back(project(G)) = G), match the exact SVD on the directions G has, and keep the sign
+// convention.
+TEST(GaloreProjector, RankDeficientGradient) {
+  const int64_t m = 40, n = 24;
+  const int r = 4;
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> nd;
+  std::vector<std::pair<std::string, std::vector<float>>> cases;
+  std::vector<float> g2((size_t)(m * n), 0.f), a(m), b(n), a2(m), b2(n);
+  for (auto* v : {&a, &b, &a2, &b2})
+    for (float& x : *v) x = nd(rng);
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t c = 0; c < n; c++) g2[i * n + c] = 3.f * a[i] * b[c] + a2[i] * b2[c];
+  cases.push_back({"rank 2", g2});
+  std::vector<float> row((size_t)(m * n), 0.f);  // one non-zero row: Y = G·Ω is exactly rank 1
+  for (int64_t c = 0; c < n; c++) row[17 * n + c] = b[c];
+  cases.push_back({"one row", row});
+  std::vector<float> one((size_t)(m * n), 0.f);  // one non-zero element
+  one[5 * n + 9] = -2.5f;
+  cases.push_back({"one element", one});
+  const int ranks[3] = {2, 1, 1};
+  for (size_t ci = 0; ci < cases.size(); ci++) {
+    const auto& [name, g] = cases[ci];
+    double gn = 0;
+    for (float x : g) gn += (double)x * x;
+    gn = std::sqrt(gn);
+    const GaloreProjector ex = refresh_whole(g, m, n, ProjSide::Full, ProjectorOptions{r, "exact"});
+    for (const char* svd : {"exact", "randomized"}) {
+      bool ok = false;
+      const GaloreProjector p = refresh_whole(g, m, n, ProjSide::Full, std::string(svd) == "exact" ? ProjectorOptions{r, "exact"} : randomized(r, 2), &ok);
+      ASSERT_TRUE(ok) << name << " " << svd;
+      // orthonormal: right rows P·Pᵀ = I [r, r], left columns UᵀU = I
+      double worst_r = 0, worst_l = 0;
+      for (int i = 0; i < r; i++)
+        for (int j = 0; j < r; j++) {
+          double dr = 0, dl = 0;
+          for (int64_t e = 0; e < n; e++) dr += (double)p.right[i * n + e] * p.right[j * n + e];
+          for (int64_t e = 0; e < m; e++) dl += (double)p.left[e * r + i] * p.left[e * r + j];
+          worst_r = std::max(worst_r, std::fabs(dr - (i == j))), worst_l = std::max(worst_l, std::fabs(dl - (i == j)));
+        }
+      EXPECT_LE(worst_r, 1e-5) << name << " " << svd << ": right rows not orthonormal";
+      EXPECT_LE(worst_l, 1e-5) << name << " " << svd << ": left columns not orthonormal";
+      // G's range held: ‖G - G·PᵀP‖ and ‖G - UUᵀG‖ at fp32 level
+      double er = 0, el = 0;
+      for (int64_t i = 0; i < m; i++)
+        for (int64_t c = 0; c < n; c++) {
+          double gr = g[i * n + c], glf = g[i * n + c];
+          for (int j = 0; j < r; j++) {
+            double gp = 0, ug = 0;
+            for (int64_t e = 0; e < n; e++) gp += (double)g[i * n + e] * p.right[j * n + e];
+            for (int64_t e = 0; e < m; e++) ug += (double)p.left[e * r + j] * g[e * n + c];
+            gr -= gp * p.right[j * n + c], glf -= p.left[i * r + j] * ug;
+          }
+          er += gr * gr, el += glf * glf;
+        }
+      EXPECT_LE(std::sqrt(er), 1e-5 * gn) << name << " " << svd << ": right projector misses part of G";
+      EXPECT_LE(std::sqrt(el), 1e-5 * gn) << name << " " << svd << ": left projector misses part of G";
+      // the directions G has: the same as the exact SVD's, with the sign convention
+      const int k = ranks[ci];
+      const double ang = subspace_angle(p.right.data(), ex.right.data(), k, n);
+      EXPECT_LE(ang, 1e-4) << name << " " << svd;
+      for (int j = 0; j < r; j++) EXPECT_TRUE(sign_ok(p.right.data() + j * n, n)) << name << " " << svd << " pair " << j;
+      for (int j = 0; j < k; j++)
+        EXPECT_TRUE(sign_ok(right_vector_of(g, m, n, p.left, r, j).data(), n)) << name << " " << svd << " pair " << j;
+      for (float x : p.right) ASSERT_TRUE(std::isfinite(x)) << name;
+      for (float x : p.left) ASSERT_TRUE(std::isfinite(x)) << name;
+      if (std::string(svd) == "randomized") std::printf("  %s: angle to exact on its %d directions %.3g\n", name.c_str(), k, ang);
+    }
+  }
+}
+
+// The sign convention is a property of (u_j, v_j) together: G·v_j = σ_j·u_j with σ_j > 0, for both
+// paths (Full holds both vectors).
+TEST(GaloreProjector, SignConventionPairsUWithV) {
+  const int64_t m = 30, n = 21;
+  const KnownSvd K = test_util::make_known_svd(m, n, [](int64_t j) { return std::pow(0.7, (double)j); }, 3);
+  const int r = 5;
+  for (const char* svd : {"exact", "randomized"}) {
+    const GaloreProjector p = refresh_whole(K.g, m, n, ProjSide::Full, std::string(svd) == "exact" ? ProjectorOptions{r, "exact"} : randomized(r, 2));
+    for (int j = 0; j < r; j++) {
+      EXPECT_TRUE(sign_ok(p.right.data() + j * n, n)) << svd << " pair " << j;
+      double s = 0;  // u_jᵀ·G·v_j = σ_j
+      for (int64_t i = 0; i < m; i++)
+        for (int64_t c = 0; c < n; c++) s += (double)p.left[i * r + j] * K.g[i * n + c] * p.right[j * n + c];
+      EXPECT_NEAR(s, K.sigma[j], 1e-4) << svd << " pair " << j;
+      // and the same orientation as the known SVD
+      double d = 0;
+      for (int64_t c = 0; c < n; c++) d += (double)p.right[j * n + c] * K.vt[j * n + c];
+      EXPECT_GT(d, 0.999) << svd << " pair " << j;
+    }
+  }
 }
