@@ -1,0 +1,231 @@
+// mpi_galore_projector.cpp: GaLore's projector on a row-split gradient (galore_projector.h) under
+// mpirun (np 1, 2, 3, 4): for Left, Right and Full and cuts that split rows (uneven, one rank
+// inside a single row, empty ranks), the randomized refresh, project and project_back_add at
+// world W equal the same computed by one process (self communicator) on the whole matrix.
+//
+// Truth: every rank runs the single-process projector on the whole G itself. The two differ only
+// in the order of fp32 sums (GEMMs over fewer rows, partial sums over ranks added by all-reduce /
+// reduce-scatter), i.e. each is the exact algorithm on G plus a backward error of at most
+// ε = √(mn)·u·σ_0 (u = 2^-24), amplified (Wedin, per singular pair) by 1/δ with δ = the smallest
+// gap σ_j - σ_{j+1}, j < r, and by the subspace iteration's (σ_0/σ_{r-1})^(2q+1) (a relative
+// rounding of Y = (GGᵀ)^q·G·Ω moves its r-th direction by that much). So per singular vector
+//   ‖ΔP_j‖ ≤ tolP = 2·ε·(1/δ + (σ_0/σ_{r-1})^(2q+1)/σ_0)   (2: both sides deviate)
+// project: |Δlo| ≤ σ_0·tolP per P factor (Full: two); project_back: |Δ| ≤ Σ_j|N_ij|·tolP per factor.
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "src/train/galore_projector.h"
+#include "tests/galore_matrix.h"
+#include "tests/mpi_util.h"
+
+using namespace frugal;
+
+namespace {
+
+constexpr double kU = 5.960464477539063e-8;  // 2^-24
+const char* kTensor = "layers.1.self_attn.o_proj.weight";
+
+struct ProjRun {
+  bool ok = false;
+  GaloreProjector p;
+  LowRankPart part;
+  std::vector<float> lo, w;  // this rank's part of the projected G; this rank's elements of w
+};
+
+// refresh, project, project_back_add of one (side, split) on comm
+ProjRun run_projector(const std::vector<float>& g, ProjSide side, const MatrixSplit& s, const ProjectorOptions& o,
+        const std::vector<float>& n_full, const std::vector<float>& w0, float alpha, Communicator& comm) {
+  ProjRun out;
+  const float* gl = g.data() + s.begin();
+  out.ok = galore_refresh(out.p, side, s, gl, o, kTensor, 6, comm, cpu_backend());
+  if (!out.ok) return out;
+  out.part = galore_low_rank_part(side, out.p.r, s, comm.world());
+  out.lo.assign(out.part.size(), 0.f);
+  galore_project(out.p, s, gl, out.lo.data(), comm, cpu_backend());
+  out.w.assign(w0.begin() + s.begin(), w0.begin() + s.end());
+  galore_project_back_add(out.p, s, n_full.data() + out.part.begin, alpha, out.w.data(), comm, cpu_backend());
+  return out;
+}
+
+// Cut patterns over W ranks of an [m, n] matrix (every one splits rows for some W).
+std::vector<std::pair<std::string, std::vector<size_t>>> cut_patterns(int W, int64_t m, int64_t n) {
+  const size_t total = (size_t)(m * n);
+  std::vector<std::pair<std::string, std::vector<size_t>>> out;
+  auto even = [&](size_t from, int first, std::vector<size_t>& c) {  // ranks first..W-1 share [from, total)
+    for (int k = first; k <= W; k++) c[k] = from + (total - from) * (size_t)(k - first) / (size_t)(W - first);
+  };
+  std::vector<size_t> c(W + 1, 0);
+  even(0, 0, c), out.push_back({"even", c});
+  if (W == 1) return out;
+  c.assign(W + 1, 0), even(0, 1, c), out.push_back({"rank 0 empty", c});
+  c.assign(W + 1, 0);
+  c[1] = (size_t)(5 * n + 3);
+  if (W >= 3) c[2] = (size_t)(5 * n + 10);  // rank 1 inside row 5
+  even(c[W >= 3 ? 2 : 1], W >= 3 ? 2 : 1, c);
+  out.push_back({"inside one row", c});
+  std::vector<double> wt(W);  // uneven weights (k+1)^2, the middle rank empty
+  double sum = 0;
+  for (int k = 0; k < W; k++) sum += wt[k] = k == W / 2 ? 0.0 : (double)((k + 1) * (k + 1));
+  c.assign(W + 1, 0);
+  for (int k = 0; k < W; k++) c[k + 1] = c[k] + (size_t)std::llround(total * wt[k] / sum);
+  c[W] = total;
+  for (int k = 1; k < W; k++) c[k] = std::min(c[k], total);
+  out.push_back({"uneven, middle rank empty", c});
+  c.assign(W + 1, 0), c[W] = total, out.push_back({"all on the last rank", c});
+  return out;
+}
+
+double max_abs_diff(const float* a, const float* b, size_t count) {
+  double d = 0;
+  for (size_t e = 0; e < count; e++) d = std::max(d, std::fabs((double)a[e] - b[e]));
+  return d;  // a NaN is lost by std::max: finite() is checked beside
+}
+
+bool finite(const std::vector<float>& v) {
+  for (float x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+const char* side_name(ProjSide s) { return s == ProjSide::Left ? "left" : s == ProjSide::Right ? "right" : "full"; }
+
+}  // namespace
+
+TEST(GaloreProjectorSharded, RandomizedEqualsSingleProcess) {
+  Communicator& comm = test::world();
+  const int W = comm.world(), rank = comm.rank();
+  auto self = make_self_communicator();
+  const int64_t m = 37, n = 23;
+  const int r = 5, q = 2;
+  const test_util::KnownSvd K = test_util::make_known_svd(m, n, [](int64_t j) { return std::pow(0.8, (double)j); }, 21);
+  const ProjectorOptions o{r, "randomized", 6, q, 99};
+  double delta = 1e300;
+  for (int j = 0; j < r; j++) delta = std::min(delta, K.sigma[j] - K.sigma[j + 1]);
+  const double eps = std::sqrt((double)(m * n)) * kU * K.sigma[0];
+  const double tolP = 2 * eps * (1 / delta + std::pow(K.sigma[0] / K.sigma[r - 1], 2 * q + 1) / K.sigma[0]);
+  std::vector<float> w0((size_t)(m * n));
+  for (size_t e = 0; e < w0.size(); e++) w0[e] = 0.01f * std::cos(0.37f * (float)e);
+  const float alpha = -0.25f;
+  for (const ProjSide side : {ProjSide::Left, ProjSide::Right, ProjSide::Full}) {
+    const size_t lo_numel = side == ProjSide::Right ? (size_t)(m * r) : side == ProjSide::Left ? (size_t)(r * n) : (size_t)(r * r);
+    std::vector<float> n_full(lo_numel);  // a low-rank update in the projected shape
+    for (size_t e = 0; e < lo_numel; e++) n_full[e] = std::sin(0.7f * (float)e + 0.3f);
+    const ProjRun ref = run_projector(K.g, side, MatrixSplit::whole(m, n), o, n_full, w0, alpha, *self);
+    ASSERT_TRUE(ref.ok);
+    // scales: σ_0 for lo; max_i Σ_j |N_ij| (times σ_0-free factors of P) for the update
+    const int factors = side == ProjSide::Full ? 2 : 1;
+    double nscale = 0;
+    if (side == ProjSide::Full) {
+      for (int i = 0; i < r; i++) {
+        double s = 0;
+        for (int j = 0; j < r; j++) s += std::fabs(n_full[i * r + j]);
+        nscale = std::max(nscale, s);
+      }
+      nscale *= r;  // ·Vh then U·: each entry of U or Vh ≤ 1
+    } else {
+      const int64_t rows = side == ProjSide::Right ? m : n;  // N [m, r] (Right) or [r, n] (Left): Σ over r
+      for (int64_t i = 0; i < rows; i++) {
+        double s = 0;
+        for (int j = 0; j < r; j++) s += std::fabs(side == ProjSide::Right ? n_full[i * r + j] : n_full[j * n + i]);
+        nscale = std::max(nscale, s);
+      }
+    }
+    for (const auto& [pattern, cuts] : cut_patterns(W, m, n)) {
+      const MatrixSplit s{m, n, cuts, rank};
+      const ProjRun got = run_projector(K.g, side, s, o, n_full, w0, alpha, comm);
+      EXPECT_ALL_RANKS(got.ok, side_name(side) << " " << pattern << ": refresh returned false");
+      if (!got.ok) continue;  // the same on every rank (the zero test is an all-reduce)
+      double dp = 0, dlo = 0, dw = 0;
+      if (side != ProjSide::Left) dp = std::max(dp, max_abs_diff(got.p.right.data(), ref.p.right.data(), ref.p.right.size()));
+      if (side != ProjSide::Right && !s.empty())
+        dp = std::max(dp, max_abs_diff(got.p.left.data(), ref.p.left.data() + s.row0() * r, got.p.left.size()));
+      dlo = max_abs_diff(got.lo.data(), ref.lo.data() + got.part.begin, got.part.size()) / K.sigma[0];
+      for (size_t e = 0; e < got.w.size(); e++)
+        dw = std::max(dw, std::fabs((double)got.w[e] - ref.w[s.begin() + e]) / (std::fabs(alpha) * nscale));
+      const bool fin = finite(got.lo) && finite(got.w) && finite(std::vector<float>(got.p.right.begin(), got.p.right.end())) &&
+                       finite(std::vector<float>(got.p.left.begin(), got.p.left.end()));
+      const size_t want_left = side == ProjSide::Right ? 0 : (size_t)((s.row1() - s.row0()) * r);
+      EXPECT_ALL_RANKS(got.p.left.size() == want_left && got.p.r == r, side_name(side) << " " << pattern << ": left "
+                       << got.p.left.size() << " expected " << want_left);
+      EXPECT_ALL_RANKS(fin && dp <= tolP, side_name(side) << " " << pattern << ": projector max diff " << dp << " > " << tolP);
+      EXPECT_ALL_RANKS(fin && dlo <= factors * tolP + eps,
+                       side_name(side) << " " << pattern << ": projected max diff/σ0 " << dlo << " > " << factors * tolP + eps);
+      EXPECT_ALL_RANKS(fin && dw <= factors * tolP + eps,
+                       side_name(side) << " " << pattern << ": project_back max diff (scaled) " << dw << " > " << factors * tolP + eps);
+      const double wp = comm.all_reduce_value(dp, CommOp::Max), wl = comm.all_reduce_value(dlo, CommOp::Max),
+                   ww = comm.all_reduce_value(dw, CommOp::Max);
+      if (rank == 0)
+        std::printf("  W=%d %-5s %-26s projector %.3g, projected %.3g, project_back %.3g (bound %.3g / %.3g)\n", W,
+                    side_name(side), pattern.c_str(), wp, wl, ww, tolP, factors * tolP + eps);
+    }
+  }
+}
+
+// A zero G is zero on every rank: false everywhere; non-zero on one rank only: true everywhere.
+TEST(GaloreProjectorSharded, ZeroGradientOnEveryRank) {
+  Communicator& comm = test::world();
+  const int W = comm.world();
+  const int64_t m = 11, n = 7;
+  std::vector<size_t> cuts(W + 1);
+  for (int k = 0; k <= W; k++) cuts[k] = (size_t)(m * n) * k / W;
+  const MatrixSplit s{m, n, cuts, comm.rank()};
+  std::vector<float> g((size_t)(m * n), 0.f);
+  const ProjectorOptions o{3, "randomized", 4, 1, 1};
+  GaloreProjector p;
+  const bool zero = galore_refresh(p, ProjSide::Full, s, g.data() + s.begin(), o, kTensor, 0, comm, cpu_backend());
+  EXPECT_ALL_RANKS(!zero && !p.valid(), "a zero G gave a projector");
+  g[m * n - 1] = 1.f;  // the last element only: the last rank's
+  const bool one = galore_refresh(p, ProjSide::Full, s, g.data() + s.begin(), o, kTensor, 0, comm, cpu_backend());
+  EXPECT_ALL_RANKS(one && p.valid(), "G non-zero on one rank gave no projector");
+}
+
+// svd = "exact" cannot run on a split G: every rank throws, naming the way out.
+TEST(GaloreProjectorSharded, ExactNeedsOneProcess) {
+  Communicator& comm = test::world();
+  if (comm.world() < 2) GTEST_SKIP() << "W = 1: exact is the tested default";
+  const int64_t m = 8, n = 6;
+  std::vector<size_t> cuts(comm.world() + 1);
+  for (int k = 0; k <= comm.world(); k++) cuts[k] = (size_t)(m * n) * k / comm.world();
+  const MatrixSplit sp{m, n, cuts, comm.rank()};
+  std::vector<float> g((size_t)(m * n), 1.f);
+  GaloreProjector p;
+  std::string msg;
+  try {
+    galore_refresh(p, ProjSide::Right, sp, g.data(), ProjectorOptions{2, "exact"}, kTensor, 0, comm, cpu_backend());
+  } catch (const std::exception& e) {
+    msg = e.what();
+  }
+  EXPECT_ALL_RANKS(msg.find("randomized") != std::string::npos, "exact at W > 1: '" << msg << "'");
+}
+
+// rank(G) = 2 < r on split rows: the shared rank-deficiency fill keeps the projector orthonormal
+// and equal to one process's on the two directions G has.
+TEST(GaloreProjectorSharded, RankDeficientEqualsSingleProcess) {
+  Communicator& comm = test::world();
+  const int W = comm.world();
+  auto self = make_self_communicator();
+  const int64_t m = 29, n = 13;
+  const test_util::KnownSvd K =
+      test_util::make_known_svd(m, n, [](int64_t j) { return j == 0 ? 2.0 : j == 1 ? 0.5 : 0.0; }, 5);
+  const ProjectorOptions o{4, "randomized", 5, 2, 3};
+  GaloreProjector ref;
+  ASSERT_TRUE(galore_refresh(ref, ProjSide::Full, MatrixSplit::whole(m, n), K.g.data(), o, kTensor, 1, *self, cpu_backend()));
+  for (const auto& [pattern, cuts] : cut_patterns(W, m, n)) {
+    const MatrixSplit s{m, n, cuts, comm.rank()};
+    GaloreProjector p;
+    const bool ok = galore_refresh(p, ProjSide::Full, s, K.g.data() + s.begin(), o, kTensor, 1, comm, cpu_backend());
+    EXPECT_ALL_RANKS(ok, pattern << ": refresh returned false");
+    if (!ok) continue;
+    double orth = 0;
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 4; j++) {
+        double d = 0;
+        for (int64_t e = 0; e < n; e++) d += (double)p.right[i * n + e] * p.right[j * n + e];
+        orth = std::max(orth, std::fabs(d - (i == j)));
+      }
+    const double ang = subspace_angle(p.right.data(), ref.right.data(), 2, n);
+    EXPECT_ALL_RANKS(orth <= 1e-5 && ang <= 1e-4, pattern << ": orthonormality " << orth << ", angle " << ang);
+  }
+}
