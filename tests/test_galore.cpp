@@ -267,6 +267,41 @@ TEST(GaloreProjector, RandomizedMatchesExactOnDecayingSpectrum) {
   }
 }
 
+// rank(G) = l - 4 < l: in exact arithmetic the range finder then holds range(G) whatever Ω and q
+// (alg. 4.4 is exact on such G), so the randomized and exact projectors differ only by rounding:
+// each is the exact SVD of G plus ε = √(mn)·u·σ_0, the randomized one's amplified by the subspace
+// iteration's (σ_0/σ_{r-1})^(2q+1) (a relative rounding of Y moves its r-th direction that much):
+//   angle(randomized, exact) ≤ ε/(gap - ε) + ε·(σ_0/σ_{r-1})^(2q+1)/σ_0 + ε/(gap - ε)
+// A sharp check (the sampling bounds above are loose) of Q·Ub, the Rayleigh-Ritz step and the fill.
+TEST(GaloreProjector, RandomizedIsExactWhenRankAtMostL) {
+  const int r = 6, p = 8, q = 2;
+  auto sigma = [&](int64_t j) { return j < r + p - 4 ? std::pow(0.85, (double)j) : 0.0; };
+  for (const ProjSide side : {ProjSide::Right, ProjSide::Left}) {
+    const int64_t m = side == ProjSide::Right ? 61 : 43, n = side == ProjSide::Right ? 43 : 61;
+    const KnownSvd K = test_util::make_known_svd(m, n, sigma, 17);
+    const GaloreProjector ex = refresh_whole(K.g, m, n, side, ProjectorOptions{r, "exact"});
+    const GaloreProjector rd = refresh_whole(K.g, m, n, side, randomized(r, q, p));
+    const double gap = K.sigma[r - 1] - K.sigma[r], eps = std::sqrt((double)(m * n)) * kU * K.sigma[0];
+    const double bound = 2 * eps / (gap - eps) + eps * std::pow(K.sigma[0] / K.sigma[r - 1], 2 * q + 1) / K.sigma[0];
+    const int64_t len = side == ProjSide::Right ? n : m;
+    std::vector<float> a, b;
+    if (side == ProjSide::Right) {
+      a.assign(rd.right.begin(), rd.right.end()), b.assign(ex.right.begin(), ex.right.end());
+    } else {
+      a = test_util::columns_as_rows(rd.left.data(), m, r, r), b = test_util::columns_as_rows(ex.left.data(), m, r, r);
+    }
+    const double ang = subspace_angle(a.data(), b.data(), r, len);
+    std::printf("  %s rank %d: angle(randomized, exact) %.3g (bound %.3g)\n", side == ProjSide::Right ? "right" : "left",
+                r + p - 4, ang, bound);
+    EXPECT_LE(ang, bound);
+    for (int j = 0; j < r; j++) {  // pair by pair, same orientation
+      double d = 0;
+      for (int64_t e = 0; e < len; e++) d += (double)a[j * len + e] * b[j * len + e];
+      EXPECT_GT(d, 1 - 1e-4) << "pair " << j;
+    }
+  }
+}
+
 // An all-zero G has no subspace: false, the projector left as it was (both paths, every side).
 TEST(GaloreProjector, ZeroGradientReturnsFalse) {
   const int64_t m = 9, n = 7;
