@@ -75,10 +75,17 @@ void galore_projector_alloc(GaloreProjector& p, ProjSide side, int r, const Matr
 
 namespace galore_detail {
 
-std::vector<float> local_block(const MatrixSplit& s, const float* g) {
-  std::vector<float> gl((size_t)local_rows(s) * s.n, 0.f);
-  if (!s.empty()) std::copy(g, g + (s.end() - s.begin()), gl.begin() + (s.begin() - (size_t)s.row0() * s.n));
-  return gl;
+LocalBlock local_block(const MatrixSplit& s, const float* g) {
+  LocalBlock b;
+  const size_t n = (size_t)s.n;
+  if (s.begin() % n == 0 && s.end() % n == 0) {  // whole rows (or nothing)
+    b.data = g;
+    return b;
+  }
+  b.padded.assign((size_t)local_rows(s) * n, 0.f);
+  std::copy(g, g + (s.end() - s.begin()), b.padded.begin() + (s.begin() - (size_t)s.row0() * n));
+  b.data = b.padded.data();
+  return b;
 }
 
 void sum_split_rows(const MatrixSplit& s, float* y, int w, Communicator& comm) {
@@ -152,10 +159,15 @@ bool galore_refresh(GaloreProjector& p, ProjSide side, const MatrixSplit& s, con
                     const ProjectorOptions& o, const std::string& tensor, int64_t step, Communicator& comm,
                     Backend& be) {
   const int r = galore_effective_rank(o.rank, s.m, s.n);
-  float amax = 0;
-  for (size_t e = 0; e < s.end() - s.begin(); e++) amax = std::max(amax, std::fabs(g[e]));
-  amax = comm.all_reduce_value(amax, CommOp::Max);
-  if (!(amax > 0) || r <= 0) return false;  // a zero G has no subspace (a NaN G is not refreshed either)
+  // {max |g|, 1 if a non-finite g}: one all-reduce, the same answer on every rank
+  float flags[2] = {0.f, 0.f};
+  for (size_t e = 0; e < s.end() - s.begin(); e++) {
+    if (!std::isfinite(g[e])) flags[1] = 1.f;
+    else flags[0] = std::max(flags[0], std::fabs(g[e]));
+  }
+  comm.all_reduce(std::span<float>(flags, 2), CommOp::Max);
+  if (flags[1] > 0) fail("galore: the gradient of '", tensor, "' is not finite at step ", step, " (no projector refresh)");
+  if (!(flags[0] > 0) || r <= 0) return false;  // a zero G has no subspace: the caller retries next step
   std::vector<float> vt, u;  // vt: [r, n] replicated; u: [row1 - row0, r], this rank's rows of U[:, :r]
   if (o.svd == "exact") {
     exact_svd(s, g, r, tensor, comm, be, vt, u);
@@ -174,22 +186,23 @@ bool galore_refresh(GaloreProjector& p, ProjSide side, const MatrixSplit& s, con
 void galore_project(const GaloreProjector& p, const MatrixSplit& s, const float* g, float* lo,
                     Communicator& comm, Backend& be) {
   const int r = p.r, n = (int)s.n, rows = (int)local_rows(s), W = comm.world();
-  const std::vector<float> gl = local_block(s, g);  // Gl: [rows, n]
+  const LocalBlock blk = local_block(s, g);
+  const float* gl = blk.data;  // Gl: [rows, n]
   if (p.side == ProjSide::Right) {
     // lo [rows, r] = Gl·Pᵀ, P = right [r, n]; split rows: partial sums combined
-    gemm(be, false, true, rows, r, n, gl.data(), n, p.right.data(), n, 0.f, lo, r);
+    gemm(be, false, true, rows, r, n, gl, n, p.right.data(), n, 0.f, lo, r);
     sum_split_rows(s, lo, r, comm);
   } else if (p.side == ProjSide::Left) {
     // Pᵀ·G [r, n] = Σ_ranks left_rowsᵀ·Gl, reduce-scattered into the parts of c = ceil(r·n / W)
     const size_t total = (size_t)r * n, c = (total + W - 1) / W;
     std::vector<float> partial(c * W, 0.f), mine(c);  // partial: [r, n] then zero padding
-    gemm(be, true, false, r, n, rows, p.left.data(), r, gl.data(), n, 0.f, partial.data(), n);
+    gemm(be, true, false, r, n, rows, p.left.data(), r, gl, n, 0.f, partial.data(), n);
     comm.reduce_scatter(std::span<const float>(partial), std::span<float>(mine));
     std::copy_n(mine.begin(), galore_low_rank_part(ProjSide::Left, r, s, W).size(), lo);
   } else {
     // lo [r, r] = Uᵀ·(G·Vᵀ) = Σ_ranks left_rowsᵀ·(Gl·Vᵀ): linear in the partial rows, one all-reduce
     std::vector<float> t((size_t)rows * r);  // [rows, r]
-    gemm(be, false, true, rows, r, n, gl.data(), n, p.right.data(), n, 0.f, t.data(), r);
+    gemm(be, false, true, rows, r, n, gl, n, p.right.data(), n, 0.f, t.data(), r);
     gemm(be, true, false, r, r, rows, p.left.data(), r, t.data(), r, 0.f, lo, r);
     comm.all_reduce(std::span<float>(lo, (size_t)r * r));
   }

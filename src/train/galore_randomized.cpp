@@ -155,7 +155,8 @@ void randomized_svd(const MatrixSplit& s, const float* g, int r, const Projector
                     std::vector<float>& vt, std::vector<float>& u) {
   const int64_t m = s.m, n = s.n, rows = local_rows(s);
   const int l = (int)std::min<int64_t>({(int64_t)r + o.oversample, m, n});
-  const std::vector<float> gl = local_block(s, g);  // Gl: [rows, n]
+  const LocalBlock blk = local_block(s, g);
+  const float* gl = blk.data;  // Gl: [rows, n]
   const uint64_t om_key = stream_key(o.seed, tensor, step, 0), psi_key = stream_key(o.seed, tensor, step, 1);
   std::vector<float> om((size_t)n * l);  // Ω: [n, l], element (i, j) at i·l + j
   for (size_t e = 0; e < om.size(); e++) om[e] = gauss(om_key, e);
@@ -164,22 +165,22 @@ void randomized_svd(const MatrixSplit& s, const float* g, int r, const Projector
   const TallRows tq{q.data(), rows, l, m, s.row0(), own_row0(s), own_row1(s), &comm};
   const TallRows tz{z.data(), n, l, n, 0, 0, n, nullptr};
   // Y = G·Ω [rows, l]: split rows summed; Q = orth(Y)
-  gemm(be, false, false, (int)rows, l, (int)n, gl.data(), (int)n, om.data(), l, 0.f, q.data(), l);
+  gemm(be, false, false, (int)rows, l, (int)n, gl, (int)n, om.data(), l, 0.f, q.data(), l);
   sum_split_rows(s, q.data(), l, comm);
   orth(tq, psi_key);
   for (int it = 0; it < o.power_iters; it++) {
     // Z = Gᵀ·Q [n, l]: the padding makes each element count once in the sum over ranks
-    gemm(be, true, false, (int)n, l, (int)rows, gl.data(), (int)n, q.data(), l, 0.f, z.data(), l);
+    gemm(be, true, false, (int)n, l, (int)rows, gl, (int)n, q.data(), l, 0.f, z.data(), l);
     comm.all_reduce(std::span<float>(z));
     orth(tz, psi_key ^ 0x5A5A);
     // Y = G·Z [rows, l]; Q = orth(Y)
-    gemm(be, false, false, (int)rows, l, (int)n, gl.data(), (int)n, z.data(), l, 0.f, q.data(), l);
+    gemm(be, false, false, (int)rows, l, (int)n, gl, (int)n, z.data(), l, 0.f, q.data(), l);
     sum_split_rows(s, q.data(), l, comm);
     orth(tq, psi_key);
   }
   // B = Qᵀ·G [l, n] (all-reduced), B = Ub·diag(S)·Vb, replicated: Ub [l, l], Vb [l, n]
   std::vector<float> b((size_t)l * n), ub((size_t)l * l), sb(l), vb((size_t)l * n);
-  gemm(be, true, false, l, (int)n, (int)rows, q.data(), l, gl.data(), (int)n, 0.f, b.data(), (int)n);
+  gemm(be, true, false, l, (int)n, (int)rows, q.data(), l, gl, (int)n, 0.f, b.data(), (int)n);
   comm.all_reduce(std::span<float>(b));
   be.svd_f32(b.data(), l, (int)n, ub.data(), sb.data(), vb.data());
   // v_k = Vb[k], u_k = Q·Ub[:, k]: vt [r, n], u [rows, r]

@@ -21,8 +21,13 @@ inline int64_t local_rows(const MatrixSplit& s) { return s.row1() - s.row0(); }
 inline int64_t own_row0(const MatrixSplit& s) { return (int64_t)((s.begin() + s.n - 1) / s.n); }
 inline int64_t own_row1(const MatrixSplit& s) { return (int64_t)((s.end() + s.n - 1) / s.n); }
 
-// Gl: [row1 - row0, n] fp32 (see above).
-std::vector<float> local_block(const MatrixSplit& s, const float* g);
+// Gl: [row1 - row0, n] fp32 (see above): g itself when this rank holds whole rows, else a
+// zero-padded copy.
+struct LocalBlock {
+  std::vector<float> padded;  // empty when g is used as is
+  const float* data = nullptr;
+};
+LocalBlock local_block(const MatrixSplit& s, const float* g);
 
 // y: [row1 - row0, w] per-row partial values -> the split rows summed over the ranks that share
 // them (one all-reduce of [split rows, w], over the whole communicator; none when W = 1).
