@@ -11,11 +11,17 @@
 // rounding of Y = (GGᵀ)^q·G·Ω moves its r-th direction by that much). So per singular vector
 //   ‖ΔP_j‖ ≤ tolP = 2·ε·(1/δ + (σ_0/σ_{r-1})^(2q+1)/σ_0)   (2: both sides deviate)
 // project: |Δlo| ≤ σ_0·tolP per P factor (Full: two); project_back: |Δ| ≤ Σ_j|N_ij|·tolP per factor.
+// GaloreAdamW on FSDP-style pieces (a flat param split over ranks) against whole tensors: Adam's
+// m/√v amplifies those differences element by element, so that one is bounded, as in mpi_train, by
+// 3x the noise floor its reference measures (the reference again with every GEMM output moved one
+// ulp, set_gemm_output_jitter).
 #include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/dnnl_matmul.h"
+#include "src/train/galore.h"
 #include "src/train/galore_projector.h"
 #include "tests/galore_matrix.h"
 #include "tests/mpi_util.h"
@@ -227,5 +233,102 @@ TEST(GaloreProjectorSharded, RankDeficientEqualsSingleProcess) {
       }
     const double ang = subspace_angle(p.right.data(), ref.right.data(), 2, n);
     EXPECT_ALL_RANKS(orth <= 1e-5 && ang <= 1e-4, pattern << ": orthonormality " << orth << ", angle " << ang);
+  }
+}
+
+// GaloreAdamW with svd = "randomized" on one flat param holding three tensors (a Right target, a
+// 1-D non-target, a Left target), split over the ranks as FSDP does (sharding/layout unit_pieces:
+// every tensor listed on every rank, empty ranges included), against whole tensors on one process.
+TEST(GaloreAdamWSharded, RandomizedEqualsSingleProcess) {
+  Communicator& comm = test::world();
+  const int W = comm.world(), rank = comm.rank();
+  struct T {
+    const char* name;
+    std::vector<int64_t> shape;
+    size_t offset, numel;
+  };
+  const std::vector<T> ts = {{"layers.0.mlp.up_proj.weight", {37, 23}, 0, 851},
+                             {"layers.0.input_layernorm.weight", {23}, 851, 23},
+                             {"layers.0.mlp.down_proj.weight", {19, 31}, 874, 589}};
+  const size_t N = 874 + 589;
+  const test_util::KnownSvd KA = test_util::make_known_svd(37, 23, [](int64_t j) { return std::pow(0.8, (double)j); }, 31);
+  const test_util::KnownSvd KC = test_util::make_known_svd(19, 31, [](int64_t j) { return std::pow(0.75, (double)j); }, 32);
+  auto grad = [&](int t, std::vector<float>& g) {  // the flat gradient of step t [N]
+    g.resize(N);
+    const float a = 1.f + 0.3f * std::sin((float)t), c = 1.f - 0.2f * std::cos((float)t);
+    for (size_t e = 0; e < 851; e++) g[e] = a * KA.g[e] + 0.01f * std::cos(0.1f * (float)e + (float)t);
+    for (size_t e = 0; e < 23; e++) g[851 + e] = std::sin(0.5f * (float)e + (float)t);
+    for (size_t e = 0; e < 589; e++) g[874 + e] = c * KC.g[e] + 0.01f * std::sin(0.13f * (float)e - (float)t);
+  };
+  std::vector<float> w0(N);
+  for (size_t e = 0; e < N; e++) w0[e] = 0.05f * std::cos(0.21f * (float)e);
+  AdamWConfig ac;
+  ac.weight_decay = 0.01f;
+  GaloreConfig gc;
+  gc.rank = 5, gc.update_proj_gap = 2, gc.svd = "randomized", gc.oversample = 6, gc.power_iters = 2;
+  gc.targets = {"mlp"};
+  const int steps = 6;
+  const float lr = 1e-2f;
+  // whole tensors, one process
+  auto single = [&]() {
+    auto self = make_self_communicator();
+    GaloreAdamW opt(ac, gc, *self, 7);
+    std::vector<float> w = w0, g;
+    for (int t = 0; t < steps; t++) {
+      grad(t, g);
+      std::vector<ParamRef> refs;
+      for (const T& x : ts) refs.push_back(ParamRef{x.name, x.shape, w.data() + x.offset, g.data() + x.offset, x.numel, {}});
+      opt.step(refs, lr);
+    }
+    return w;
+  };
+  const std::vector<float> ref = single();
+  set_gemm_output_jitter(0x5eed);
+  const std::vector<float> jit = single();
+  set_gemm_output_jitter(0);
+  // relative L2 of the update w - w0 over [lo, hi) of the flat param, summed over ranks
+  auto rel = [&](const float* got, const std::vector<float>& want, size_t lo, size_t hi, Communicator& c) {
+    double d[2] = {0, 0};
+    for (size_t e = lo; e < hi; e++) {
+      const double x = (double)got[e - lo] - want[e], u = (double)want[e] - w0[e];
+      d[0] += x * x, d[1] += u * u;
+    }
+    c.all_reduce(std::span<double>(d, 2));
+    return std::sqrt(d[0] / d[1]);
+  };
+  auto self = make_self_communicator();
+  const double floor = rel(jit.data(), ref, 0, N, *self);
+  std::vector<std::pair<std::string, std::vector<size_t>>> patterns;
+  std::vector<size_t> f(W + 1);
+  for (int k = 0; k <= W; k++) f[k] = N * k / W;
+  patterns.push_back({"even", f});
+  if (W > 1) {
+    for (int k = 1; k <= W; k++) f[k] = N * (k - 1) / (W - 1);
+    f[0] = 0, patterns.push_back({"rank 0 empty", f});
+    for (int k = 1; k < W; k++) f[k] = std::min(N, (size_t)(900 + 40 * k));  // rank 0 holds the first tensor and more
+    f[W] = N, patterns.push_back({"uneven", f});
+  }
+  for (const auto& [pattern, F] : patterns) {
+    const size_t lo = F[rank], hi = F[rank + 1];
+    GaloreAdamW opt(ac, gc, comm, 7);
+    std::vector<float> w(w0.begin() + lo, w0.begin() + hi), g, gl;
+    for (int t = 0; t < steps; t++) {
+      grad(t, g);
+      gl.assign(g.begin() + lo, g.begin() + hi);
+      ParamRef p{"flat", {(int64_t)N}, w.data(), gl.data(), hi - lo, {}};
+      for (const T& x : ts) {  // as unit_pieces: cuts clamped into the tensor, offset into the shard
+        ParamPiece pc{x.name, x.shape, 0, 0, 0, std::vector<size_t>(W + 1)};
+        for (int k = 0; k <= W; k++) pc.cuts[k] = F[k] <= x.offset ? 0 : std::min(F[k] - x.offset, x.numel);
+        pc.begin = pc.cuts[rank], pc.end = pc.cuts[rank + 1];
+        pc.offset = std::min(std::max(x.offset + pc.begin, lo), hi) - lo;
+        p.pieces.push_back(pc);
+      }
+      opt.step({p}, lr);
+    }
+    const double d = rel(w.data(), ref, lo, hi, comm);
+    EXPECT_ALL_RANKS(floor > 0, "the one-ulp GEMM jitter changed nothing");
+    EXPECT_ALL_RANKS(d <= 3 * floor, pattern << ": update differs by " << d << " (relative L2), floor " << floor);
+    if (rank == 0)
+      std::printf("  W=%d GaloreAdamW %-13s update rel L2 diff %.3g (floor %.3g)\n", W, pattern.c_str(), d, floor);
   }
 }
