@@ -418,3 +418,23 @@ TEST(GaloreProjector, SignConventionPairsUWithV) {
     }
   }
 }
+
+// A NaN / Inf in G has no subspace either, but unlike a zero G it is an error (named), not a retry.
+TEST(GaloreProjector, NonFiniteGradientThrows) {
+  const int64_t m = 6, n = 5;
+  auto comm = make_self_communicator();
+  for (const float bad : {std::nanf(""), INFINITY})
+    for (const char* svd : {"exact", "randomized"}) {
+      std::vector<float> g((size_t)(m * n), 0.5f);
+      g[7] = bad;
+      GaloreProjector p;
+      try {
+        galore_refresh(p, ProjSide::Right, MatrixSplit::whole(m, n), g.data(), ProjectorOptions{2, svd, 2, 1, 0},
+                       "layers.3.mlp.up_proj.weight", 4, *comm, cpu_backend());
+        ADD_FAILURE() << svd << ": no error for " << bad;
+      } catch (const std::exception& e) {
+        EXPECT_NE(std::string(e.what()).find("layers.3.mlp.up_proj.weight"), std::string::npos) << e.what();
+      }
+      EXPECT_FALSE(p.valid());
+    }
+}

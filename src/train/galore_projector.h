@@ -21,6 +21,9 @@
 //   Y = G·Ω (split rows summed), Q = orth(Y) (CholeskyQR2 on the distributed rows, l×l all-reduce)
 //   power_iters times: Z = Gᵀ·Q ([n, l] all-reduce), orth(Z), Y = G·Z, Q = orth(Y)
 //   B = Qᵀ·G ([l, n] all-reduce), B = Ub·S·Vbᵀ (small SVD, replicated), v_k = Vb[:, k], u_k = Q·Ub[:, k]
+// When Y is numerically rank-deficient (rank(G) < l), the Gram's missing eigendirections get a
+// Gaussian column before CholeskyQR (galore_randomized.cpp), so Q stays orthonormal and keeps
+// G's range. Ω and that fill are indexed by global row / element: the same on every world size.
 // Every collective is over the whole communicator (ranks that hold none of G take part with zero
 // contributions), so every rank must call these for the same tensors in the same order.
 #pragma once
@@ -100,7 +103,8 @@ void galore_projector_alloc(GaloreProjector& p, ProjSide side, int r, const Matr
 
 // Computes P from this rank's part of G (g: [s.end() - s.begin()]). Collective. Returns false,
 // leaving p unchanged, when G is exactly zero on every rank (no subspace to take; GaLoreAdamW
-// then defers the refresh to the next step).
+// then defers the refresh to the next step). Throws on every rank when G has a NaN / Inf anywhere,
+// or for svd = "exact" when the world has more than one rank.
 bool galore_refresh(GaloreProjector& p, ProjSide side, const MatrixSplit& s, const float* g,
                     const ProjectorOptions& o, const std::string& tensor, int64_t step, Communicator& comm,
                     Backend& be);
