@@ -4,6 +4,8 @@
 // summation order (the reduce-scatter sums W partial gradients; each rank's GEMMs see B/W rows).
 // Checkpoints: same-W resume is bit for bit; resuming a checkpoint written at another world size
 // continues the run (CrossWorld.* run as a ctest fixture: saved at np 4, resumed at np 2 and 3).
+// GaLore-AdamW (randomized projector on the sharded rows) is held to the same: sharded = single
+// process, and a W = 4 checkpoint resumes at W = 2, 3.
 #include <unistd.h>
 
 #include <cmath>
@@ -15,6 +17,7 @@
 #include "kernels/cpu/dnnl_matmul.h"
 #include "sharding/fsdp.h"
 #include "src/train/export.h"
+#include "src/train/galore.h"
 #include "src/io/safetensors.h"
 #include "src/model/init.h"
 #include "src/train/trainer.h"
@@ -60,6 +63,30 @@ seed = 77
 )", "<mpi_train>");
   r.model_path = model_dir;
   r.output_dir = out;
+  return r;
+}
+
+// GaLore-AdamW (randomized projector, rank 2..4, refreshes at steps 0 and 3) on the test recipe:
+// full fine-tuning of a bf16 base (every decoder linear projected, the norms plain AdamW), or the
+// LoRA factors of a rank-8 adapter projected to rank 2.
+Recipe galore_recipe(const std::string& model_dir, const std::string& out, bool lora_targets) {
+  Recipe r = test_recipe(model_dir, out);
+  r.optim_name = "galore_adamw";
+  r.galore.update_proj_gap = 3;
+  r.galore.svd = "randomized";
+  r.galore.oversample = 4;
+  r.galore.power_iters = 1;
+  if (lora_targets) {
+    r.lora.rank = 8;
+    r.lora.alpha = 16.f;
+    r.galore.rank = 2;
+    r.galore.targets = {"lora"};
+  } else {
+    r.quant_type = "none";
+    r.train_mode = "full";
+    r.train_trainable = {"norm"};
+    r.galore.rank = 4;
+  }
   return r;
 }
 
@@ -305,6 +332,36 @@ TEST(ShardedTraining, FullFineTuningMatchesSingleProcess) {
 
 // Cross-world resume, as a ctest fixture (FRUGAL_XW_DIR set by CMake): Save runs at np 4 and
 // writes step-2.h5; Resume runs at np 2 and np 3 and continues it. Truth: the single-process run.
+// GaLore-AdamW under FSDP: each rank projects only the gradient rows its shard holds (split rows
+// and all), the range finder's small products are all-reduced; the run equals the single-process
+// one within the noise floor. Each rank's optimizer state is what galore_held_state_bytes (the
+// planner's formula) says for its pieces.
+TEST(ShardedTraining, GaloreMatchesSingleProcess) {
+  const std::string base = shared_dir("galore");
+  const std::string model = make_model(base);
+  for (bool lora_targets : {false, true}) {
+    const std::string sub = base + (lora_targets ? "/lora" : "/full");
+    auto recipe = [&](const std::string& out) { return galore_recipe(model, out, lora_targets); };
+    Reference want = reference_with_floor(recipe, sub, 4);
+    Trainer t(recipe(sub + "/sharded"), &test::world());
+    RunResult got = run(t, 4);
+    compare(got, want, lora_targets ? "GaLore on the LoRA factors: sharded vs single-process"
+                                    : "GaLore full fine-tuning: sharded vs single-process");
+    const auto* g = dynamic_cast<const GaloreAdamW*>(&t.optimizer());
+    size_t formula = 0;
+    for (const ParamRef& p : t.params()) {
+      std::vector<ParamPiece> pieces = p.pieces;  // one process: the param is one whole tensor
+      if (pieces.empty()) pieces.push_back(ParamPiece{p.name, p.shape, 0, p.numel, 0, {0, p.numel}});
+      for (const ParamPiece& pc : pieces) formula += galore_held_state_bytes(t.recipe().galore, pc, test::world().world(), test::world().rank());
+    }
+    EXPECT_ALL_RANKS(g && g->state_bytes() == formula,
+                     "GaLore state bytes " << (g ? g->state_bytes() : 0) << ", formula " << formula);
+    EXPECT_ALL_RANKS(g && g->stats().refreshes > 0, "no projector refresh ran");
+  }
+  test::world().barrier();
+  if (test::world().rank() == 0) fs::remove_all(base);
+}
+
 TEST(CrossWorld, Save) {
   const char* d = std::getenv("FRUGAL_XW_DIR");
   if (!d) GTEST_SKIP() << "FRUGAL_XW_DIR not set (run by ctest as a fixture)";
@@ -317,8 +374,15 @@ TEST(CrossWorld, Save) {
   Trainer t(r, &test::world());
   t.verbose = false;
   t.run(2);
+  // and a GaLore full fine-tuning run: moments in projected shapes, projectors, pending flags
+  Recipe rg = galore_recipe(model, base + "/galore", false);
+  rg.checkpoint_every = 2;
+  Trainer tg(rg, &test::world());
+  tg.verbose = false;
+  tg.run(2);
   test::world().barrier();
   EXPECT_ALL_RANKS(fs::exists(base + "/run/checkpoints/step-2.h5"), "no checkpoint written");
+  EXPECT_ALL_RANKS(fs::exists(base + "/galore/checkpoints/step-2.h5"), "no GaLore checkpoint written");
 }
 
 TEST(CrossWorld, Resume) {
@@ -336,6 +400,16 @@ TEST(CrossWorld, Resume) {
   t.resume(ckpt);
   RunResult got = run(t, 4);
   compare(got, want, "resume at this W of a checkpoint saved at W=4");
+  // GaLore: the step after the checkpoint uses the loaded projector, the next one refreshes
+  const std::string gck = base + "/galore/checkpoints/step-2.h5";
+  EXPECT_ALL_RANKS(fs::exists(gck), gck << " missing");
+  if (!fs::exists(gck)) return;
+  const std::string tag = std::to_string(test::world().world());
+  auto grecipe = [&](const std::string& out) { return galore_recipe(model, out, false); };
+  Reference gwant = reference_with_floor(grecipe, base + "/xw_galore_w" + tag, 4, 2);
+  Trainer tg(grecipe(base + "/resume_galore_w" + tag), &test::world());
+  tg.resume(gck);
+  compare(run(tg, 4), gwant, "GaLore: resume at this W of a checkpoint saved at W=4");
 }
 
 // Export from a sharded checkpoint: the file is the single-process format, so `frugal export`
