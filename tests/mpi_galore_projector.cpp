@@ -144,14 +144,22 @@ TEST(GaloreProjectorSharded, RandomizedEqualsSingleProcess) {
       EXPECT_ALL_RANKS(got.ok, side_name(side) << " " << pattern << ": refresh returned false");
       if (!got.ok) continue;  // the same on every rank (the zero test is an all-reduce)
       double dp = 0, dlo = 0, dw = 0;
-      if (side != ProjSide::Left) dp = std::max(dp, max_abs_diff(got.p.right.data(), ref.p.right.data(), ref.p.right.size()));
+      if (side != ProjSide::Left) dp = std::max(dp, max_abs_diff(got.p.right_all.data(), ref.p.right_all.data(), (size_t)r * n));
       if (side != ProjSide::Right && !s.empty())
         dp = std::max(dp, max_abs_diff(got.p.left.data(), ref.p.left.data() + s.row0() * r, got.p.left.size()));
       dlo = max_abs_diff(got.lo.data(), ref.lo.data() + got.part.begin, got.part.size()) / K.sigma[0];
       for (size_t e = 0; e < got.w.size(); e++)
         dw = std::max(dw, std::fabs((double)got.w[e] - ref.w[s.begin() + e]) / (std::fabs(alpha) * nscale));
-      const bool fin = finite(got.lo) && finite(got.w) && finite(std::vector<float>(got.p.right.begin(), got.p.right.end())) &&
+      const bool fin = finite(got.lo) && finite(got.w) && finite(std::vector<float>(got.p.right_all.begin(), got.p.right_all.end())) &&
                        finite(std::vector<float>(got.p.left.begin(), got.p.left.end()));
+      // the right projector is kept as this rank's flat slice (1/W of [r, n]) of the whole one
+      bool slice_ok = true;
+      if (side != ProjSide::Left) {
+        const size_t all = (size_t)r * n, c = (all + W - 1) / W, b = std::min((size_t)rank * c, all);
+        slice_ok = got.p.right.size() == std::min(b + c, all) - b &&
+                   std::equal(got.p.right.begin(), got.p.right.end(), got.p.right_all.begin() + b);
+      }
+      EXPECT_ALL_RANKS(slice_ok, side_name(side) << " " << pattern << ": right projector slice of " << got.p.right.size());
       const size_t want_left = side == ProjSide::Right ? 0 : (size_t)((s.row1() - s.row0()) * r);
       EXPECT_ALL_RANKS(got.p.left.size() == want_left && got.p.r == r, side_name(side) << " " << pattern << ": left "
                        << got.p.left.size() << " expected " << want_left);
@@ -228,10 +236,10 @@ TEST(GaloreProjectorSharded, RankDeficientEqualsSingleProcess) {
     for (int i = 0; i < 4; i++)
       for (int j = 0; j < 4; j++) {
         double d = 0;
-        for (int64_t e = 0; e < n; e++) d += (double)p.right[i * n + e] * p.right[j * n + e];
+        for (int64_t e = 0; e < n; e++) d += (double)p.right_all[i * n + e] * p.right_all[j * n + e];
         orth = std::max(orth, std::fabs(d - (i == j)));
       }
-    const double ang = subspace_angle(p.right.data(), ref.right.data(), 2, n);
+    const double ang = subspace_angle(p.right_all.data(), ref.right_all.data(), 2, n);
     EXPECT_ALL_RANKS(orth <= 1e-5 && ang <= 1e-4, pattern << ": orthonormality " << orth << ", angle " << ang);
   }
 }

@@ -255,3 +255,31 @@ TEST_F(GaloreTrainTest, ShippedRecipesFitAndAdamWDoesNot) {
     EXPECT_LE(g.row("optimizer_state")->device, 0.35 * a.row("optimizer_state")->device) << c.file;  // >= 65% smaller
   }
 }
+
+// Under FSDP each rank holds 1/W of the masters and grads (flat shards) and of the GaLore state:
+// moments follow the gradient rows a rank holds (Right) or are reduce-scattered (Left), the right
+// projector is a 1/W slice all-gathered while used, the left one follows the rows. The busiest
+// rank's trainables + optimizer state stay within 5% of the single-process total / W (planner
+// figures = the optimizer's own state_bytes, mpi_train checks that on every rank).
+TEST_F(GaloreTrainTest, ShardedStateIsOneWth) {
+  Recipe r = Recipe::load(std::string(FRUGAL_SOURCE_DIR) + "/recipes/llama3_1_8b_full_galore.toml",
+                          {"model.preset=llama3.1-8b"});
+  auto per_rank = [&](int W, size_t* optim) {
+    PlanOptions o;
+    o.world = W;
+    o.fsdp = W > 1 ? 1 : 0;
+    o.runtime_bytes = 0;
+    const Plan p = make_plan(r, o);
+    *optim = p.row("optimizer_state")->host;
+    return p.row("trainables")->host + *optim;
+  };
+  size_t o1 = 0;
+  const double one = (double)per_rank(1, &o1);
+  for (int W : {2, 4, 8}) {
+    size_t ow = 0;
+    const double w = (double)per_rank(W, &ow);
+    std::printf("W=%d: trainables + GaLore state %.2f GiB per rank = %.4f x (W=1 total)/W; state alone %.4f x\n", W,
+                w / 1073741824.0, w * W / one, (double)ow * W / (double)o1);
+    EXPECT_LE(w * W, 1.05 * one) << "W=" << W;
+  }
+}

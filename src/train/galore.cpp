@@ -173,7 +173,10 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
           stats_.refresh_seconds += std::chrono::duration<double>(clock::now() - r0).count();
         }
         s.lo.assign(nmom, 0.f);  // no projector yet: G was zero everywhere, so is its projection
-        if (s.proj.valid()) galore_project(s.proj, s.split, g, s.lo.data(), *comm_, *be_);
+        if (s.proj.valid()) {
+          galore_acquire(s.proj, s.split, *comm_);  // the whole right projector for this step
+          galore_project(s.proj, s.split, g, s.lo.data(), *comm_, *be_);
+        }
         gm = s.lo.data();
       }
       s.step += 1;
@@ -190,6 +193,7 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
       } else if (s.proj.valid()) {
         // galore_torch: p += -step_size · (project_back(n) · scale); scale folded into alpha
         galore_project_back_add(s.proj, s.split, s.nrm.data(), neg_step * gc_.scale, w, *comm_, *be_);
+        galore_release(s.proj);
       }
       if (cfg_.weight_decay > 0.f)
         for (size_t e = 0; e < tv.count; ++e) w[e] += wd_alpha * w[e];

@@ -48,10 +48,10 @@ LowRankPart galore_low_rank_part(ProjSide side, int r, const MatrixSplit& s, int
 std::vector<ProjectorPart> galore_projector_parts(ProjSide side, int r, const MatrixSplit& s) {
   std::vector<ProjectorPart> out;
   const size_t R = (size_t)r, n = (size_t)s.n;
-  if (side != ProjSide::Left) {  // [r, n] replicated; written by the rank holding G's element 0
-    const size_t all = R * n;
-    const bool writer = !s.empty() && s.begin() == 0;
-    out.push_back({"proj_right", {r, s.n}, 0, all, 0, writer ? all : 0});
+  if (side != ProjSide::Left) {  // [r, n]: a flat 1/W slice per rank (all-gathered while used)
+    const size_t all = R * n, W = s.cuts.size() - 1, c = (all + W - 1) / W;
+    const size_t b = std::min((size_t)s.rank * c, all), e = std::min(b + c, all);
+    out.push_back({"proj_right", {r, s.n}, b, e, b, e});
   }
   if (side != ProjSide::Right) {  // [m, r], rows row0..row1; a row written by its first element's rank
     ProjectorPart p{"proj_left", {s.m, r}, 0, 0, 0, 0};
@@ -69,11 +69,31 @@ void galore_projector_alloc(GaloreProjector& p, ProjSide side, int r, const Matr
   p.r = r;
   p.right.clear();
   p.left.clear();
+  galore_release(p);
   for (const ProjectorPart& q : galore_projector_parts(side, r, s))
     (q.state[5] == 'r' ? p.right : p.left).assign(q.end - q.begin, 0.f);
 }
 
+void galore_acquire(GaloreProjector& p, const MatrixSplit& s, Communicator& comm) {
+  if (p.side == ProjSide::Left) return;
+  const size_t all = (size_t)p.r * s.n, W = (size_t)comm.world(), c = (all + W - 1) / W;
+  if (p.right_all.size() == c * W) return;  // there already (this step's refresh)
+  std::vector<float> mine(c, 0.f);           // the slice, zero-padded to c
+  std::copy(p.right.begin(), p.right.end(), mine.begin());
+  p.right_all.resize(c * W);
+  comm.all_gather(std::span<const float>(mine), std::span<float>(p.right_all.data(), c * W));
+}
+
+void galore_release(GaloreProjector& p) { avector<float>().swap(p.right_all); }
+
 namespace galore_detail {
+
+// The whole right projector of a step: galore_acquire must have run.
+static const float* right_all(const GaloreProjector& p, const MatrixSplit& s) {
+  FRUGAL_CHECK(p.right_all.size() >= (size_t)p.r * s.n, "galore: the right projector [", p.r, ", ", s.n,
+               "] is not gathered (galore_acquire before project)");
+  return p.right_all.data();
+}
 
 LocalBlock local_block(const MatrixSplit& s, const float* g) {
   LocalBlock b;
@@ -178,7 +198,13 @@ bool galore_refresh(GaloreProjector& p, ProjSide side, const MatrixSplit& s, con
   }
   fix_signs(vt, u, r, s.n);
   galore_projector_alloc(p, side, r, s);
-  if (side != ProjSide::Left) std::copy(vt.begin(), vt.end(), p.right.begin());
+  if (side != ProjSide::Left) {  // keep this rank's slice; the whole one stays for this step's use
+    const ProjectorPart q = galore_projector_parts(side, r, s)[0];
+    std::copy(vt.begin() + q.begin, vt.begin() + q.end, p.right.begin());
+    const size_t W = (size_t)comm.world(), c = (vt.size() + W - 1) / W;
+    vt.resize(c * W, 0.f);
+    p.right_all.assign(vt.begin(), vt.end());
+  }
   if (side != ProjSide::Right) std::copy(u.begin(), u.end(), p.left.begin());
   return true;
 }
@@ -190,7 +216,7 @@ void galore_project(const GaloreProjector& p, const MatrixSplit& s, const float*
   const float* gl = blk.data;  // Gl: [rows, n]
   if (p.side == ProjSide::Right) {
     // lo [rows, r] = Gl·Pᵀ, P = right [r, n]; split rows: partial sums combined
-    gemm(be, false, true, rows, r, n, gl, n, p.right.data(), n, 0.f, lo, r);
+    gemm(be, false, true, rows, r, n, gl, n, right_all(p, s), n, 0.f, lo, r);
     sum_split_rows(s, lo, r, comm);
   } else if (p.side == ProjSide::Left) {
     // Pᵀ·G [r, n] = Σ_ranks left_rowsᵀ·Gl, reduce-scattered into the parts of c = ceil(r·n / W)
@@ -202,7 +228,7 @@ void galore_project(const GaloreProjector& p, const MatrixSplit& s, const float*
   } else {
     // lo [r, r] = Uᵀ·(G·Vᵀ) = Σ_ranks left_rowsᵀ·(Gl·Vᵀ): linear in the partial rows, one all-reduce
     std::vector<float> t((size_t)rows * r);  // [rows, r]
-    gemm(be, false, true, rows, r, n, gl, n, p.right.data(), n, 0.f, t.data(), r);
+    gemm(be, false, true, rows, r, n, gl, n, right_all(p, s), n, 0.f, t.data(), r);
     gemm(be, true, false, r, r, rows, p.left.data(), r, t.data(), r, 0.f, lo, r);
     comm.all_reduce(std::span<float>(lo, (size_t)r * r));
   }
@@ -214,7 +240,7 @@ void galore_project_back_add(const GaloreProjector& p, const MatrixSplit& s, con
   std::vector<float> back((size_t)rows * n);  // this rank's rows of the projected-back update [rows, n]
   if (p.side == ProjSide::Right) {
     // N [rows, r] · P [r, n] (split rows of N are complete on every sharer)
-    gemm(be, false, false, rows, n, r, n_lo, r, p.right.data(), n, 0.f, back.data(), n);
+    gemm(be, false, false, rows, n, r, n_lo, r, right_all(p, s), n, 0.f, back.data(), n);
   } else if (p.side == ProjSide::Left) {
     // left_rows [rows, r] · N [r, n], N all-gathered from the parts of c = ceil(r·n / W)
     const size_t total = (size_t)r * n, c = (total + W - 1) / W;
@@ -225,7 +251,7 @@ void galore_project_back_add(const GaloreProjector& p, const MatrixSplit& s, con
   } else {
     // left_rows [rows, r] · (N [r, r] · Vh [r, n]), N replicated
     std::vector<float> t((size_t)r * n);  // [r, n]
-    gemm(be, false, false, r, n, r, n_lo, r, p.right.data(), n, 0.f, t.data(), n);
+    gemm(be, false, false, r, n, r, n_lo, r, right_all(p, s), n, 0.f, t.data(), n);
     gemm(be, false, false, rows, n, r, p.left.data(), r, t.data(), n, 0.f, back.data(), n);
   }
   if (s.empty()) return;

@@ -7,7 +7,7 @@
 // ranks). One process: cuts = {0, m·n}, and every collective below is a no-op copy.
 //
 // Sides (r = min(rank, m, n)):
-//   Right: P = Vh[:r]    [r, n]  replicated on the ranks that hold part of G;  G_lo = G·Pᵀ  [m, r]
+//   Right: P = Vh[:r]    [r, n]  a flat 1/W slice per rank, all-gathered while used; G_lo = G·Pᵀ  [m, r]
 //   Left:  P = U[:, :r]  [m, r]  rows row0..row1 of this rank;                  G_lo = Pᵀ·G  [r, n]
 //   Full:  both;                                                               G_lo = Uᵀ·G·Vhᵀ [r, r]
 // Sign convention (exact and randomized, and scripts/gen_galore_fixture.py): each singular pair
@@ -73,10 +73,17 @@ struct ProjectorOptions {
 struct GaloreProjector {
   ProjSide side = ProjSide::Right;
   int r = 0;                    // effective rank (0 until the first refresh)
-  avector<float> right;         // Right, Full: Vh[:r]          [r, n]
+  avector<float> right;         // Right, Full: this rank's flat slice of Vh[:r] [r, n] (galore_projector_parts)
   avector<float> left;          // Left, Full:  U[row0:row1, :r] [row1 - row0, r]
+  avector<float> right_all;     // transient: the whole Vh[:r] [r, n] while a step uses it (galore_acquire)
   bool valid() const { return r > 0; }
 };
+
+// Makes p.right_all the whole right projector (Right, Full): an all-gather of the ranks' slices
+// (r·n floats), nothing when it is there already (a refresh leaves it). Collective.
+// galore_project and galore_project_back_add need it; galore_release frees it.
+void galore_acquire(GaloreProjector& p, const MatrixSplit& s, Communicator& comm);
+void galore_release(GaloreProjector& p);
 
 // The projected gradient's (and the moments') shape and this rank's part of it:
 //   Right: [m, r], rows row0..row1 (split rows held complete by every rank that shares them;
@@ -90,7 +97,8 @@ struct LowRankPart {
 };
 LowRankPart galore_low_rank_part(ProjSide side, int r, const MatrixSplit& s, int world);
 
-// The projector's state parts as stored in a checkpoint ("proj_right" [r, n], "proj_left" [m, r]),
+// The projector's state parts as stored in a checkpoint ("proj_right" [r, n]: the flat range
+// [rank·c, (rank+1)·c) with c = ceil(r·n / W), held and written by that rank; "proj_left" [m, r]),
 // this rank's range and write range, in that order (those of the side).
 struct ProjectorPart {
   const char* state;
