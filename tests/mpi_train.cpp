@@ -67,20 +67,26 @@ seed = 77
 }
 
 // GaLore-AdamW (randomized projector, rank 2..4, refreshes at steps 0 and 3) on the test recipe:
-// full fine-tuning of a bf16 base (every decoder linear projected, the norms plain AdamW), or the
-// LoRA factors of a rank-8 adapter projected to rank 2.
-Recipe galore_recipe(const std::string& model_dir, const std::string& out, bool lora_targets) {
+// full fine-tuning of a bf16 base (every decoder linear projected, the norms plain AdamW), the
+// LoRA factors of a rank-8 adapter projected to rank 2, or QLoRA with the embedding and the
+// untied lm_head trained densely and projected (the adapters plain AdamW).
+enum class GaloreCase { Full, LoraFactors, DenseNextToLora };
+Recipe galore_recipe(const std::string& model_dir, const std::string& out, GaloreCase c) {
   Recipe r = test_recipe(model_dir, out);
   r.optim_name = "galore_adamw";
   r.galore.update_proj_gap = 3;
   r.galore.svd = "randomized";
   r.galore.oversample = 4;
   r.galore.power_iters = 1;
-  if (lora_targets) {
+  if (c == GaloreCase::LoraFactors) {
     r.lora.rank = 8;
     r.lora.alpha = 16.f;
     r.galore.rank = 2;
     r.galore.targets = {"lora"};
+  } else if (c == GaloreCase::DenseNextToLora) {
+    r.train_trainable = {"embed_tokens", "lm_head"};
+    r.galore.rank = 4;
+    r.galore.targets = {"embed_tokens", "lm_head"};
   } else {
     r.quant_type = "none";
     r.train_mode = "full";
@@ -339,14 +345,14 @@ TEST(ShardedTraining, FullFineTuningMatchesSingleProcess) {
 TEST(ShardedTraining, GaloreMatchesSingleProcess) {
   const std::string base = shared_dir("galore");
   const std::string model = make_model(base);
-  for (bool lora_targets : {false, true}) {
-    const std::string sub = base + (lora_targets ? "/lora" : "/full");
-    auto recipe = [&](const std::string& out) { return galore_recipe(model, out, lora_targets); };
+  const char* names[] = {"GaLore full fine-tuning", "GaLore on the LoRA factors", "GaLore on embed_tokens + lm_head next to LoRA"};
+  for (GaloreCase c : {GaloreCase::Full, GaloreCase::LoraFactors, GaloreCase::DenseNextToLora}) {
+    const std::string sub = base + "/case" + std::to_string((int)c);
+    auto recipe = [&](const std::string& out) { return galore_recipe(model, out, c); };
     Reference want = reference_with_floor(recipe, sub, 4);
     Trainer t(recipe(sub + "/sharded"), &test::world());
     RunResult got = run(t, 4);
-    compare(got, want, lora_targets ? "GaLore on the LoRA factors: sharded vs single-process"
-                                    : "GaLore full fine-tuning: sharded vs single-process");
+    compare(got, want, (std::string(names[(int)c]) + ": sharded vs single-process").c_str());
     const auto* g = dynamic_cast<const GaloreAdamW*>(&t.optimizer());
     size_t formula = 0;
     for (const ParamRef& p : t.params()) {
@@ -375,7 +381,7 @@ TEST(CrossWorld, Save) {
   t.verbose = false;
   t.run(2);
   // and a GaLore full fine-tuning run: moments in projected shapes, projectors, pending flags
-  Recipe rg = galore_recipe(model, base + "/galore", false);
+  Recipe rg = galore_recipe(model, base + "/galore", GaloreCase::Full);
   rg.checkpoint_every = 2;
   Trainer tg(rg, &test::world());
   tg.verbose = false;
@@ -405,7 +411,7 @@ TEST(CrossWorld, Resume) {
   EXPECT_ALL_RANKS(fs::exists(gck), gck << " missing");
   if (!fs::exists(gck)) return;
   const std::string tag = std::to_string(test::world().world());
-  auto grecipe = [&](const std::string& out) { return galore_recipe(model, out, false); };
+  auto grecipe = [&](const std::string& out) { return galore_recipe(model, out, GaloreCase::Full); };
   Reference gwant = reference_with_floor(grecipe, base + "/xw_galore_w" + tag, 4, 2);
   Trainer tg(grecipe(base + "/resume_galore_w" + tag), &test::world());
   tg.resume(gck);

@@ -1,5 +1,5 @@
 // bench_galore.cpp: `frugal bench galore [--preset small] [--ranks 128,256] [--steps 20]
-// [--gap 10] [--seq-len 128] [--micro-batch 2] [--lr 1e-3] [--json]`.
+// [--svd exact,randomized] [--gap 10] [--seq-len 128] [--micro-batch 2] [--lr 1e-3] [--json]`.
 // Full fine-tuning (bf16 base, every decoder linear and the RMSNorm weights train) of a randomly
 // initialized preset on synthetic "patterns" data, the same data and seed for every optimizer:
 //   adamw                  the baseline (torch AdamW)
@@ -39,6 +39,7 @@ namespace fs = std::filesystem;
 struct BenchGaloreOptions {
   std::string preset = "small";
   std::vector<int> ranks = {128, 256};
+  std::vector<std::string> svds = {"exact", "randomized"};
   int steps = 20, gap = 10, seq_len = 128, micro_batch = 2;
   float lr = 1e-3f;
   bool json = false;
@@ -168,7 +169,7 @@ void run_bench_galore(BenchGaloreOptions o) {
 
   std::vector<std::string> configs = {"adamw"};
   for (int r : o.ranks)
-    for (const char* svd : {"exact", "randomized"}) configs.push_back(str("galore:", r, ":", svd));
+    for (const std::string& svd : o.svds) configs.push_back(str("galore:", r, ":", svd));
   std::vector<nlohmann::json> res;
   for (const std::string& c : configs) {
     if (!o.json) std::fprintf(stderr, "bench galore: %s ...\n", c.c_str());
@@ -225,6 +226,10 @@ void register_bench_galore(CLI::App& bench_cmd) {
       ->capture_default_str();
   sub->add_option("--ranks", o->ranks, "GaLore ranks to run (each with the exact and the randomized projector)")
       ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--svd", o->svds, "projectors to run for each rank: exact, randomized")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"exact", "randomized"}))
       ->capture_default_str();
   sub->add_option("--steps", o->steps, "optimizer steps per configuration (a multiple of --gap)")->capture_default_str();
   sub->add_option("--gap", o->gap, "galore.update_proj_gap")->capture_default_str();
