@@ -516,6 +516,59 @@ void check_lowrank(Backend& be, const std::string& op) {
       }
     return;
   }
+  if (op == "gram_f64" || op == "tri_solve_lt_f64") {
+    // rows 613 (several fp64 chunks plus a partial one), l 37; truth: naive fp64 loops
+    const int rows = 613, l = 37;
+    std::unique_ptr<DBuf<float>> Y(rand_f32(be, (size_t)rows * l, 95));
+    std::vector<double> ref((size_t)l * l, 0.0);
+    for (int i = 0; i < rows; i++)
+      for (int a = 0; a < l; a++)
+        for (int b = 0; b < l; b++) ref[(size_t)a * l + b] += (double)Y->h[(size_t)i * l + a] * Y->h[(size_t)i * l + b];
+    if (op == "gram_f64") {
+      DBuf<double> G(be, (size_t)l * l);
+      be.gram_f64(Y->d, rows, l, G.d);
+      G.download();
+      double worst = 0;
+      for (size_t e = 0; e < ref.size(); e++) worst = std::max(worst, std::fabs(G.h[e] - ref[e]) / (double)rows);
+      EXPECT_LE(worst, 1e-13) << "gram_f64 vs fp64 loops (per row of |y|^2 ~ 1)";  // fp64 rounding only
+      EXPECT_TRUE(G.guard_ok()) << "gram_f64 guard";
+      return;
+    }
+    // tri_solve_lt_f64: with L = chol(YᵀY), Q = Y·L⁻ᵀ is orthonormal and Q·Lᵀ = Y
+    std::vector<double> L = ref;
+    for (int j = 0; j < l; j++) {  // lower Cholesky in place
+      for (int k = 0; k < j; k++) L[(size_t)j * l + j] -= L[(size_t)j * l + k] * L[(size_t)j * l + k];
+      L[(size_t)j * l + j] = std::sqrt(L[(size_t)j * l + j]);
+      for (int i = j + 1; i < l; i++) {
+        for (int k = 0; k < j; k++) L[(size_t)i * l + j] -= L[(size_t)i * l + k] * L[(size_t)j * l + k];
+        L[(size_t)i * l + j] /= L[(size_t)j * l + j];
+      }
+      for (int b = j + 1; b < l; b++) L[(size_t)j * l + b] = 0.0;
+    }
+    DBuf<double> Ld(be, L.size());
+    std::copy(L.begin(), L.end(), Ld.h.begin());
+    Ld.upload();
+    const std::vector<float> y0(Y->h.begin(), Y->h.begin() + (size_t)rows * l);
+    be.tri_solve_lt_f64(Y->d, rows, l, Ld.d);
+    Y->download();
+    double orth = 0, back = 0;
+    for (int a = 0; a < l; a++)
+      for (int b = 0; b < l; b++) {
+        double d = 0;
+        for (int i = 0; i < rows; i++) d += (double)Y->h[(size_t)i * l + a] * Y->h[(size_t)i * l + b];
+        orth = std::max(orth, std::fabs(d - (a == b)));
+      }
+    for (int i = 0; i < rows; i++)
+      for (int a = 0; a < l; a++) {
+        double v = 0;
+        for (int b = 0; b <= a; b++) v += (double)Y->h[(size_t)i * l + b] * L[(size_t)a * l + b];
+        back = std::max(back, std::fabs(v - y0[(size_t)i * l + a]));
+      }
+    EXPECT_LE(orth, 1e-5) << "tri_solve_lt_f64: QᵀQ = I (fp32 rounding of Q)";
+    EXPECT_LE(back, 1e-5) << "tri_solve_lt_f64: Q·Lᵀ = Y";
+    EXPECT_TRUE(Y->guard_ok()) << "tri_solve_lt_f64 guard";
+    return;
+  }
   for (const auto [m, n] : {std::pair{37, 59}, std::pair{59, 37}}) {  // svd_f32: U·diag(S)·Vt = A
     const int k = std::min(m, n);
     std::unique_ptr<DBuf<float>> A(rand_f32(be, (size_t)m * n, 94)), U(new DBuf<float>(be, (size_t)m * k)),
@@ -550,7 +603,7 @@ const std::map<std::string, Check>& checks() {
     add({"lora_forward", "lora_backward", "lora_chunk_rows"}, check_lora);
     add({"lm_head_ce", "lm_head_logits"}, check_head);
     add({"adamw_update", "grad_sq_sums", "grad_scale"}, check_optim);
-    add({"gemm_f32", "svd_f32"}, check_lowrank);
+    add({"gemm_f32", "svd_f32", "gram_f64", "tri_solve_lt_f64"}, check_lowrank);
     add({"kernel_scratch", "warm_up"}, check_runtime);
     return c;
   }();

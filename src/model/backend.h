@@ -128,6 +128,10 @@ class Backend {
                         const float* B, int ldb, float beta, float* C, int ldc) = 0;
   // Thin SVD of A [m,n] fp32: U [m,k], S [k] descending, Vt [k,n], k = min(m,n)
   virtual void svd_f32(const float* A, int m, int n, float* U, float* S, float* Vt) = 0;
+  // G [l, l] fp64 = Yᵀ·Y for Y [rows, l] fp32 (CholeskyQR's Gram; full symmetric)
+  virtual void gram_f64(const float* Y, int rows, int l, double* G) = 0;
+  // Y ← Y·L⁻ᵀ in place, L [l, l] fp64 lower triangular, solved in fp64
+  virtual void tri_solve_lt_f64(float* Y, int rows, int l, const double* L) = 0;
 
   // ---- runtime ----
   virtual KernelScratch kernel_scratch() const = 0;

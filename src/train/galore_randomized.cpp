@@ -72,21 +72,16 @@ struct TallRows {
   int64_t grow0;       // global index of local row 0
   int64_t own0, own1;  // global rows whose Gram contribution this rank adds
   Communicator* comm;  // nullptr: replicated
+  Backend* be;         // gram_f64, tri_solve_lt_f64
 };
 
 // Gram = YᵀY [l, l] fp64 (full), summed over the ranks when distributed.
 std::vector<double> gram(const TallRows& t) {
   const int l = t.l;
   std::vector<double> g((size_t)l * l, 0.0);
-  for (int64_t i = 0; i < t.rows; i++) {
-    const int64_t gi = t.grow0 + i;
-    if (gi < t.own0 || gi >= t.own1) continue;
-    const float* yi = t.y + i * l;
-    for (int a = 0; a < l; a++)
-      for (int b = 0; b <= a; b++) g[(size_t)a * l + b] += (double)yi[a] * yi[b];
-  }
-  for (int a = 0; a < l; a++)
-    for (int b = a + 1; b < l; b++) g[(size_t)a * l + b] = g[(size_t)b * l + a];
+  // the owned rows are contiguous: local rows [own0 - grow0, own1 - grow0) clamped to [0, rows)
+  const int64_t i0 = std::clamp<int64_t>(t.own0 - t.grow0, 0, t.rows), i1 = std::clamp<int64_t>(t.own1 - t.grow0, 0, t.rows);
+  if (i1 > i0) t.be->gram_f64(t.y + i0 * l, (int)(i1 - i0), l, g.data());
   if (t.comm) t.comm->all_reduce(std::span<double>(g));
   return g;
 }
@@ -129,16 +124,8 @@ void cholqr_pass(const TallRows& t, uint64_t psi_key) {
     }
     g = gram(t), chol = g;
   }
-  std::vector<double> row(l);
-  for (int64_t i = 0; i < t.rows; i++) {  // q_i·Lᵀ = y_i, forward substitution per row
-    float* yi = t.y + i * l;
-    for (int a = 0; a < l; a++) {
-      double v = yi[a];
-      for (int b = 0; b < a; b++) v -= chol[(size_t)a * l + b] * row[b];
-      row[a] = v / chol[(size_t)a * l + a];
-    }
-    for (int a = 0; a < l; a++) yi[a] = (float)row[a];
-  }
+  // Q = Y·L⁻ᵀ (q_i·Lᵀ = y_i for every row), in fp64
+  if (t.rows > 0) t.be->tri_solve_lt_f64(t.y, (int)t.rows, l, chol.data());
 }
 
 // Q = orth(Y): CholeskyQR2 (two passes; the second restores orthogonality to fp32 level after the
@@ -162,8 +149,8 @@ void randomized_svd(const MatrixSplit& s, const float* g, int r, const Projector
   for (size_t e = 0; e < om.size(); e++) om[e] = gauss(om_key, e);
 
   std::vector<float> q((size_t)rows * l), z((size_t)n * l);  // Q: [rows, l], Z: [n, l]
-  const TallRows tq{q.data(), rows, l, m, s.row0(), own_row0(s), own_row1(s), &comm};
-  const TallRows tz{z.data(), n, l, n, 0, 0, n, nullptr};
+  const TallRows tq{q.data(), rows, l, m, s.row0(), own_row0(s), own_row1(s), &comm, &be};
+  const TallRows tz{z.data(), n, l, n, 0, 0, n, nullptr, &be};
   // Y = G·Ω [rows, l]: split rows summed; Q = orth(Y)
   gemm(be, false, false, (int)rows, l, (int)n, gl, (int)n, om.data(), l, 0.f, q.data(), l);
   sum_split_rows(s, q.data(), l, comm);

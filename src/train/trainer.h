@@ -2,8 +2,8 @@
 //
 // Trainer(recipe): model (recipe model.path; created with init_model from model.preset when the
 // directory has no config.json), frozen base quantized per [quant], LoRA per [lora], data (HDF5
-// TokenDataset or make_synthetic_patterns from src/io/dataset.h, saved as output_dir/data.h5), BatchLoader, AdamW
-// and the LR schedule.
+// TokenDataset or make_synthetic_patterns from src/io/dataset.h, saved as output_dir/data.h5), BatchLoader, the
+// optimizer (optim.name: AdamW, or GaLore-AdamW on the job's communicator, src/train/galore.h) and the LR schedule.
 //
 // train_step() for optimizer step s (0-based):
 //   zero grads; fetch grad_accum micro-batches ids/targets [micro_batch, seq_len] first, count the
@@ -18,7 +18,8 @@
 // (train.micro_batch is the global batch; each rank still reads the same global rows, so n counts
 // all of them and the gradient scale is the single-process one), runs forward_backward with its
 // units gathered just in time, and the reduce-scattered LoRA grads land in its shard; the loss
-// sum and the squared grad norm are all-reduced; AdamW updates the shards. Dropout masks use the
+// sum and the squared grad norm are all-reduced; the optimizer updates the shards (GaLore projects
+// each tensor piece of a shard on the rows it holds, galore_projector.h). Dropout masks use the
 // global row index (set_dropout_rng row0), so a sharded run is the single-process run up to fp32
 // summation order. Rank 0 writes the files (recipe, metrics, data.h5, `latest`); checkpoints are
 // written by all ranks into one parallel-HDF5 file of the single-process format.
@@ -61,7 +62,7 @@ class Trainer {
   Trainer(const Trainer&) = delete;   // the loader refers to ds_
   Trainer& operator=(const Trainer&) = delete;
   void resume(const std::string& checkpoint_path);  // exact continuation
-  StepMetrics train_step();           // grad_accum micro-batches, clip, lr, AdamW, sync_lora
+  StepMetrics train_step();           // grad_accum micro-batches, clip, lr, optimizer step, sync_lora
   void run(int64_t max_steps = -1);   // until recipe train.steps (or max_steps more steps)
   void save(const std::string& path); // checkpoint now
   LlamaModel& model() { return *model_; }
