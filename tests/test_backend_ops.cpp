@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -516,6 +517,40 @@ void check_lowrank(Backend& be, const std::string& op) {
       }
     return;
   }
+  if (op == "eigh_f64") {  // A·v_k = w_k·v_k, V orthonormal, w ascending; A = BᵀB + a rank-1 term
+    const int l = 29;
+    std::mt19937 rng(96);
+    std::normal_distribution<double> nd;
+    std::vector<double> B((size_t)l * l), A((size_t)l * l, 0.0);
+    for (double& x : B) x = nd(rng);
+    for (int i = 0; i < l; i++)
+      for (int j = 0; j < l; j++)
+        for (int k = 0; k < l; k++) A[(size_t)i * l + j] += B[(size_t)k * l + i] * B[(size_t)k * l + j];
+    DBuf<double> V(be, A.size()), w(be, l);
+    std::copy(A.begin(), A.end(), V.h.begin());
+    V.upload();
+    be.eigh_f64(V.d, l, w.d);
+    V.download(), w.download();
+    double res = 0, orth = 0, scale = 0;
+    for (double x : A) scale = std::max(scale, std::fabs(x));
+    for (int k = 0; k < l; k++) {
+      if (k) EXPECT_LE(w.h[k - 1], w.h[k]) << "eigh_f64 ascending";
+      for (int i = 0; i < l; i++) {
+        double av = 0;
+        for (int j = 0; j < l; j++) av += A[(size_t)i * l + j] * V.h[(size_t)j * l + k];
+        res = std::max(res, std::fabs(av - w.h[k] * V.h[(size_t)i * l + k]) / scale);
+      }
+      for (int k2 = 0; k2 < l; k2++) {
+        double d = 0;
+        for (int i = 0; i < l; i++) d += V.h[(size_t)i * l + k] * V.h[(size_t)i * l + k2];
+        orth = std::max(orth, std::fabs(d - (k == k2)));
+      }
+    }
+    EXPECT_LE(res, 1e-12) << "eigh_f64 residual |A v - w v| / max|A|";
+    EXPECT_LE(orth, 1e-12) << "eigh_f64 orthonormality";
+    EXPECT_TRUE(V.guard_ok() && w.guard_ok()) << "eigh_f64 guard";
+    return;
+  }
   if (op == "gram_f64" || op == "tri_solve_lt_f64") {
     // rows 613 (several fp64 chunks plus a partial one), l 37; truth: naive fp64 loops
     const int rows = 613, l = 37;
@@ -603,7 +638,7 @@ const std::map<std::string, Check>& checks() {
     add({"lora_forward", "lora_backward", "lora_chunk_rows"}, check_lora);
     add({"lm_head_ce", "lm_head_logits"}, check_head);
     add({"adamw_update", "grad_sq_sums", "grad_scale"}, check_optim);
-    add({"gemm_f32", "svd_f32", "gram_f64", "tri_solve_lt_f64"}, check_lowrank);
+    add({"gemm_f32", "svd_f32", "gram_f64", "tri_solve_lt_f64", "eigh_f64"}, check_lowrank);
     add({"kernel_scratch", "warm_up"}, check_runtime);
     return c;
   }();

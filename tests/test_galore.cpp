@@ -438,3 +438,36 @@ TEST(GaloreProjector, NonFiniteGradientThrows) {
       EXPECT_FALSE(p.valid());
     }
 }
+
+// A sketch as wide as G (l = min(m, n): rank + oversample >= the short side) of an ill-conditioned
+// G: Y = G·Ω then has G's condition number, beyond what plain CholeskyQR2 takes (the small
+// preset's k_proj [192, 576] at rank 256 failed there: "CholeskyQR failed 3 times"). Here
+// σ_k = 10^(-k/10) for k < 20 and 1e-9 of that beyond: κ(G) ~ 1e11, far past fp32, while the top-20
+// subspace is separated by a gap δ ≈ σ_19 = 0.013. The shifted first pass must make it work, and the
+// top-r subspace must be the SVD's: both solvers see the same fp32 G, each with a backward error of
+// ~√(mn)·u·σ_0 ≈ 2.3e-6, so by Wedin / Davis–Kahan their angles differ by ≲ 2·2.3e-6/δ ≈ 3.5e-4.
+TEST(GaloreProjector, FullWidthSketchOfIllConditionedGradient) {
+  for (const auto [m, n] : {std::pair<int64_t, int64_t>{24, 60}, std::pair<int64_t, int64_t>{60, 24}}) {
+    const test_util::KnownSvd K = test_util::make_known_svd(
+        m, n, [](int64_t k) { return std::pow(10.0, -(double)k / 10.0) * (k < 20 ? 1.0 : 1e-9); }, 7);
+    const int r = 20;  // l = min(r + 8, m, n) = 24: the whole short side
+    for (ProjSide side : {ProjSide::Left, ProjSide::Right}) {
+      bool ok = false;
+      const GaloreProjector p = refresh_whole(K.g, m, n, side, randomized(r, 2), &ok);
+      ASSERT_TRUE(ok) << m << "x" << n;
+      const GaloreProjector ex = refresh_whole(K.g, m, n, side, ProjectorOptions{r, "exact"});
+      double ang = 0;
+      if (side == ProjSide::Right) {
+        ang = subspace_angle(p.right_all.data(), ex.right_all.data(), r, n);
+      } else {  // left: compare Uᵀ as [r, m] row spaces
+        std::vector<float> a((size_t)r * m), b((size_t)r * m);
+        for (int64_t i = 0; i < m; i++)
+          for (int j = 0; j < r; j++) a[(size_t)j * m + i] = p.left[(size_t)i * r + j], b[(size_t)j * m + i] = ex.left[(size_t)i * r + j];
+        ang = subspace_angle(a.data(), b.data(), r, m);
+      }
+      std::printf("%lldx%lld %s: randomized vs exact top-%d angle %.2e (bound 3.5e-4)\n", (long long)m, (long long)n,
+                  side == ProjSide::Left ? "left" : "right", r, ang);
+      EXPECT_LE(ang, 3.5e-4) << m << "x" << n;
+    }
+  }
+}

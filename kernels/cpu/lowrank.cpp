@@ -1,4 +1,4 @@
-// lowrank.cpp: svd_f32, gram_f64, tri_solve_lt_f64 (kernels/cpu/lowrank.h) on LAPACKE + OpenBLAS.
+// lowrank.cpp: svd_f32, gram_f64, tri_solve_lt_f64, eigh_f64 (kernels/cpu/lowrank.h) on LAPACKE + OpenBLAS.
 #include "kernels/cpu/lowrank.h"
 
 #include <cblas.h>
@@ -51,6 +51,13 @@ void tri_solve_lt_f64(float* Y, int rows, int l, const double* L) {
     cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, nr, l, 1.0, L, l, yd.data(), l);
     for (size_t e = 0; e < (size_t)nr * l; e++) y[e] = (float)yd[e];
   }
+}
+
+void eigh_f64(double* A, int l, double* w) {
+  if (l <= 0) return;
+  openblas_set_num_threads(1);
+  const lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'L', l, A, l, w);
+  if (info != 0) fail("eigh_f64: LAPACKE_dsyevd failed (info ", (int)info, ") on [", l, ", ", l, "]");
 }
 
 }  // namespace frugal

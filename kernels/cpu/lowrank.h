@@ -17,4 +17,8 @@ void gram_f64(const float* Y, int rows, int l, double* G);
 // for YᵀY = L·Lᵀ), solved in fp64 (OpenBLAS dtrsm, one thread) and rounded back to fp32.
 void tri_solve_lt_f64(float* Y, int rows, int l, const double* L);
 
+// Eigen-decomposition of a symmetric A [l, l] fp64 (LAPACKE_dsyevd, one thread): w [l] ascending,
+// A overwritten by the eigenvectors as columns (A[a·l + k] = component a of eigenvector k).
+void eigh_f64(double* A, int l, double* w);
+
 }  // namespace frugal

@@ -16,7 +16,7 @@ const std::vector<std::string>& backend_op_names() {
       "lora_forward", "lora_backward", "lora_chunk_rows",
       "lm_head_ce", "lm_head_logits",
       "adamw_update", "grad_sq_sums", "grad_scale",
-      "gemm_f32", "svd_f32", "gram_f64", "tri_solve_lt_f64",
+      "gemm_f32", "svd_f32", "gram_f64", "tri_solve_lt_f64", "eigh_f64",
       "kernel_scratch", "warm_up"};
   return ops;
 }

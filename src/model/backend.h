@@ -132,6 +132,8 @@ class Backend {
   virtual void gram_f64(const float* Y, int rows, int l, double* G) = 0;
   // Y ← Y·L⁻ᵀ in place, L [l, l] fp64 lower triangular, solved in fp64
   virtual void tri_solve_lt_f64(float* Y, int rows, int l, const double* L) = 0;
+  // symmetric A [l, l] fp64 -> eigenvalues w [l] ascending, A = eigenvectors as columns
+  virtual void eigh_f64(double* A, int l, double* w) = 0;
 
   // ---- runtime ----
   virtual KernelScratch kernel_scratch() const = 0;

@@ -155,6 +155,7 @@ class CpuBackend final : public Backend {
   void svd_f32(const float* A, int m, int n, float* U, float* S, float* Vt) override { k::svd_f32(A, m, n, U, S, Vt); }
   void gram_f64(const float* Y, int rows, int l, double* G) override { k::gram_f64(Y, rows, l, G); }
   void tri_solve_lt_f64(float* Y, int rows, int l, const double* L) override { k::tri_solve_lt_f64(Y, rows, l, L); }
+  void eigh_f64(double* A, int l, double* w) override { k::eigh_f64(A, l, w); }
 
   // ---- runtime ----
   KernelScratch kernel_scratch() const override { return {kLmHeadRowChunk, kLmHeadVocabChunk}; }

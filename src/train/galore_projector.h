@@ -18,7 +18,8 @@
 // randomized path, the recipe check says so). svd = "randomized": a range finder with subspace
 // iteration (Halko, Martinsson, Tropp 2011, alg. 4.4) over the split rows:
 //   Ω [n, l] Gaussian from (seed, tensor, step), l = min(r + oversample, m, n)
-//   Y = G·Ω (split rows summed), Q = orth(Y) (CholeskyQR2 on the distributed rows, l×l all-reduce)
+//   Y = G·Ω (split rows summed), Q = orth(Y) (shifted CholeskyQR3 on the distributed rows, l×l
+//   all-reduces; when l = m the range is all of R^m and Q = I, B = G: exact)
 //   power_iters times: Z = Gᵀ·Q ([n, l] all-reduce), orth(Z), Y = G·Z, Q = orth(Y)
 //   B = Qᵀ·G ([l, n] all-reduce), B = Ub·S·Vbᵀ (small SVD, replicated), v_k = Vb[:, k], u_k = Q·Ub[:, k]
 // When Y is numerically rank-deficient (rank(G) < l), the Gram's missing eigendirections get a

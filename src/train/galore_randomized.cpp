@@ -1,5 +1,5 @@
 // galore_randomized.cpp: GaLore's randomized refresh on a row-split G (galore_projector.h): a range
-// finder with subspace iteration (Halko, Martinsson, Tropp 2011, alg. 4.4), CholeskyQR2 on the
+// finder with subspace iteration (Halko, Martinsson, Tropp 2011, alg. 4.4), shifted CholeskyQR3 on the
 // distributed rows, and the replicated small SVD of B = Qᵀ·G. Also subspace_angle and the Jacobi
 // eigensolver both use.
 //
@@ -100,15 +100,32 @@ constexpr double kPivotTol = 1e-12;  // κ(Y) up to ~1e6: one fp64 CholeskyQR pa
 // other directions as they were (the range that G has is kept) and fills the missing ones with
 // random directions, so Q stays orthonormal. Ψ is indexed by global row: split rows get the same
 // values on every sharer, and every world size the same Ψ.
-void cholqr_pass(const TallRows& t, uint64_t psi_key) {
+//
+// shifted: the first pass of shifted CholeskyQR3 (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa
+// 2020): Cholesky of YᵀY + s·I with s = 11·(rows·l + l·(l+1))·u·trace(YᵀY), u = 2^-24 (Y is fp32),
+// which succeeds for any κ(Y) < ~1/u and leaves Y·L⁻ᵀ with κ ≲ √(1/(11·rows·l·u)), so the two
+// plain passes after it always meet their pivot tolerance (a sketch as wide as G, l = min(m, n),
+// has G's full condition number: the small preset's k_proj [192, 576] at rank 256 failed there).
+void cholqr_pass(const TallRows& t, uint64_t psi_key, bool shifted) {
   const int l = t.l;
   std::vector<double> g = gram(t), chol = g;
+  auto shift = [&] {
+    if (!shifted) return;
+    double tr = 0;
+    for (int k = 0; k < l; k++) tr += g[(size_t)k * l + k];
+    const double sh = 11.0 * ((double)t.total_rows * l + (double)l * (l + 1)) * std::ldexp(1.0, -24) * tr;
+    for (int k = 0; k < l; k++) chol[(size_t)k * l + k] += sh;
+  };
+  shift();
   for (int attempt = 0; !agree(t, cholesky(chol, l, kPivotTol)); attempt++) {
     if (attempt == 3)
       fail("galore randomized SVD: CholeskyQR failed 3 times after filling rank-deficient directions (l = ", l,
            ", rows = ", t.total_rows, ")");
-    std::vector<double> vecs;
-    sym_eig(g, l, vecs);
+    // eigenpairs of the Gram (LAPACK dsyevd through the backend: Jacobi sweeps in scalar code took
+    // minutes at l = 264, and a gradient of B·T tokens has rank <= B·T, so l > B·T lands here)
+    std::vector<double> vecs = g, lam(l);
+    t.be->eigh_f64(vecs.data(), l, lam.data());
+    for (int k = 0; k < l; k++) g[(size_t)k * l + k] = lam[k];  // g's diagonal: the eigenvalues from here on
     double lmax = 0;
     for (int k = 0; k < l; k++) lmax = std::max(lmax, g[(size_t)k * l + k]);
     const double lref = lmax > 0 ? lmax : 1.0;
@@ -123,16 +140,18 @@ void cholqr_pass(const TallRows& t, uint64_t psi_key) {
       }
     }
     g = gram(t), chol = g;
+    shift();
   }
   // Q = Y·L⁻ᵀ (q_i·Lᵀ = y_i for every row), in fp64
   if (t.rows > 0) t.be->tri_solve_lt_f64(t.y, (int)t.rows, l, chol.data());
 }
 
-// Q = orth(Y): CholeskyQR2 (two passes; the second restores orthogonality to fp32 level after the
-// first lost up to κ(Y)²·u_fp64).
+// Q = orth(Y): shifted CholeskyQR3 (a shifted pass that brings κ down to ~1e2..1e3, then two plain
+// passes; the last restores orthogonality to fp32 level).
 void orth(const TallRows& t, uint64_t psi_key) {
-  cholqr_pass(t, psi_key);
-  cholqr_pass(t, psi_key);
+  cholqr_pass(t, psi_key, true);
+  cholqr_pass(t, psi_key, false);
+  cholqr_pass(t, psi_key, false);
 }
 
 }  // namespace
@@ -151,11 +170,19 @@ void randomized_svd(const MatrixSplit& s, const float* g, int r, const Projector
   std::vector<float> q((size_t)rows * l), z((size_t)n * l);  // Q: [rows, l], Z: [n, l]
   const TallRows tq{q.data(), rows, l, m, s.row0(), own_row0(s), own_row1(s), &comm, &be};
   const TallRows tz{z.data(), n, l, n, 0, 0, n, nullptr, &be};
-  // Y = G·Ω [rows, l]: split rows summed; Q = orth(Y)
-  gemm(be, false, false, (int)rows, l, (int)n, gl, (int)n, om.data(), l, 0.f, q.data(), l);
-  sum_split_rows(s, q.data(), l, comm);
-  orth(tq, psi_key);
-  for (int it = 0; it < o.power_iters; it++) {
+  // A sketch at least as wide as G has rows (l = m): the range of G is all of R^m, so Q = I [m, m]
+  // (this rank's rows of it) and B = Qᵀ·G = G: the exact SVD through the same all-reduce, with no
+  // CholeskyQR of a square, possibly singular Y (a gradient of B·T tokens has rank <= B·T).
+  const bool whole_range = l >= m;
+  if (whole_range) {
+    for (int64_t i = 0; i < rows; i++) q[(size_t)i * l + (size_t)(s.row0() + i)] = 1.f;
+  } else {
+    // Y = G·Ω [rows, l]: split rows summed; Q = orth(Y)
+    gemm(be, false, false, (int)rows, l, (int)n, gl, (int)n, om.data(), l, 0.f, q.data(), l);
+    sum_split_rows(s, q.data(), l, comm);
+    orth(tq, psi_key);
+  }
+  for (int it = 0; !whole_range && it < o.power_iters; it++) {
     // Z = Gᵀ·Q [n, l]: the padding makes each element count once in the sum over ranks
     gemm(be, true, false, (int)n, l, (int)rows, gl, (int)n, q.data(), l, 0.f, z.data(), l);
     comm.all_reduce(std::span<float>(z));
