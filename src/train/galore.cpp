@@ -72,7 +72,6 @@ struct GaloreAdamW::TensorState {
   float pending = 1.f;
   int64_t step = -1;              // galore_torch's state["step"]; -1: not known yet (take t())
   avector<float> m, v;            // [part.size()] for targets, [this rank's elements] otherwise
-  avector<float> lo, nrm;         // scratch: projected gradient, m/(sqrt(v)+eps)
 };
 
 GaloreAdamW::GaloreAdamW(const AdamWConfig& adamw, const GaloreConfig& g, Communicator& comm, uint64_t seed,
@@ -172,27 +171,27 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
           stats_.refreshes += ok;
           stats_.refresh_seconds += std::chrono::duration<double>(clock::now() - r0).count();
         }
-        s.lo.assign(nmom, 0.f);  // no projector yet: G was zero everywhere, so is its projection
+        lo_.assign(nmom, 0.f);  // no projector yet: G was zero everywhere, so is its projection
         if (s.proj.valid()) {
           galore_acquire(s.proj, s.split, *comm_);  // the whole right projector for this step
-          galore_project(s.proj, s.split, g, s.lo.data(), *comm_, *be_);
+          galore_project(s.proj, s.split, g, lo_.data(), *comm_, *be_);
         }
-        gm = s.lo.data();
+        gm = lo_.data();
       }
       s.step += 1;
       const double bc1 = 1.0 - std::pow(b1, (double)s.step), bc2 = 1.0 - std::pow(b2, (double)s.step);
       const float neg_step = (float)(-(dlr * std::sqrt(bc2) / bc1));
-      s.nrm.resize(nmom);
+      nrm_.resize(nmom);
       for (size_t e = 0; e < nmom; ++e) {
         s.m[e] = s.m[e] * beta1 + a1 * gm[e];
         s.v[e] = s.v[e] * beta2 + a2 * gm[e] * gm[e];
-        s.nrm[e] = s.m[e] / (std::sqrt(s.v[e]) + eps);
+        nrm_[e] = s.m[e] / (std::sqrt(s.v[e]) + eps);
       }
       if (!s.target) {
-        for (size_t e = 0; e < tv.count; ++e) w[e] += neg_step * s.nrm[e];
+        for (size_t e = 0; e < tv.count; ++e) w[e] += neg_step * nrm_[e];
       } else if (s.proj.valid()) {
         // galore_torch: p += -step_size · (project_back(n) · scale); scale folded into alpha
-        galore_project_back_add(s.proj, s.split, s.nrm.data(), neg_step * gc_.scale, w, *comm_, *be_);
+        galore_project_back_add(s.proj, s.split, nrm_.data(), neg_step * gc_.scale, w, *comm_, *be_);
         galore_release(s.proj);
       }
       if (cfg_.weight_decay > 0.f)

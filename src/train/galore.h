@@ -88,6 +88,9 @@ class GaloreAdamW : public Optimizer {
   int64_t t_ = 0;
   std::map<std::string, std::unique_ptr<TensorState>> state_;  // by tensor name
   GaloreStats stats_;
+  // scratch shared by all tensors (one tensor steps at a time): the projected gradient and
+  // m/(sqrt(v)+eps), sized to the largest moment part (a per-tensor copy would double the state)
+  avector<float> lo_, nrm_;
 };
 
 // Bytes of GaLore-AdamW state for one whole tensor (the planner's formula; the optimizer's
