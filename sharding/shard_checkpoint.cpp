@@ -159,8 +159,8 @@ h5::Handle make_dxpl(const Group& g) {
   return dxpl;
 }
 
-// Every unit with trainables needs this rank's master shard; optimizer parts must be well formed
-// (ranges inside the stored tensor, data where the range is not empty) and, when `optim`, present.
+// Every unit with trainables needs this rank's master shard; when `optim`, the optimizer parts must
+// be present and storable (check_optim_parts).
 void check_buffers(const ModelLayout& L, const ShardBuffers& b, bool optim, const std::string& path) {
   if (optim && b.optim.empty()) fail(path, ": sharded checkpoint: no optimizer state parts");
   for (size_t u = 0; u < L.units.size(); u++) {
@@ -168,19 +168,7 @@ void check_buffers(const ModelLayout& L, const ShardBuffers& b, bool optim, cons
     if (b.w.size() <= u || b.w[u] == nullptr)
       fail(path, ": sharded checkpoint: no /params/ shard buffer for unit '", L.units[u].name, "'");
   }
-  if (!optim) return;
-  std::set<std::string> seen;
-  for (const OptimStatePart& q : b.optim) {
-    check_checkpoint_param_name(q.state, path);
-    check_checkpoint_param_name(q.tensor, path);
-    const std::string ds = "/optim/" + q.state + "/" + q.tensor;
-    const size_t n = size_t(shape_numel(q.shape));
-    if (!(q.begin <= q.write_begin && q.write_begin <= q.write_end && q.write_end <= q.end && q.end <= n) ||
-        (q.begin < q.end && !q.data))
-      fail(path, ": optimizer state '", ds, "' ", shape_str(q.shape), ": bad part: holds [", q.begin, ", ", q.end,
-           "), writes [", q.write_begin, ", ", q.write_end, ")");
-    if (!seen.insert(ds).second) fail(path, ": optimizer state '", ds, "' listed twice");
-  }
+  if (optim) check_optim_parts(b.optim, path, /*whole=*/false);
 }
 
 // Every rank must list the same optimizer datasets (names, shapes, order): the dataset creates

@@ -355,11 +355,9 @@ TEST(ShardedTraining, GaloreMatchesSingleProcess) {
     compare(got, want, (std::string(names[(int)c]) + ": sharded vs single-process").c_str());
     const auto* g = dynamic_cast<const GaloreAdamW*>(&t.optimizer());
     size_t formula = 0;
-    for (const ParamRef& p : t.params()) {
-      std::vector<ParamPiece> pieces = p.pieces;  // one process: the param is one whole tensor
-      if (pieces.empty()) pieces.push_back(ParamPiece{p.name, p.shape, 0, p.numel, 0, {0, p.numel}});
-      for (const ParamPiece& pc : pieces) formula += galore_held_state_bytes(t.recipe().galore, pc, test::world().world(), test::world().rank());
-    }
+    for (const ParamRef& p : t.params())
+      for (const ParamPiece& pc : param_pieces(p))  // one process: the whole param is one piece
+        formula += galore_held_state_bytes(t.recipe().galore, pc, test::world().world(), test::world().rank());
     EXPECT_ALL_RANKS(g && g->state_bytes() == formula,
                      "GaLore state bytes " << (g ? g->state_bytes() : 0) << ", formula " << formula);
     EXPECT_ALL_RANKS(g && g->stats().refreshes > 0, "no projector refresh ran");

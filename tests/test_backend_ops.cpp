@@ -534,7 +534,9 @@ void check_lowrank(Backend& be, const std::string& op) {
     double res = 0, orth = 0, scale = 0;
     for (double x : A) scale = std::max(scale, std::fabs(x));
     for (int k = 0; k < l; k++) {
-      if (k) EXPECT_LE(w.h[k - 1], w.h[k]) << "eigh_f64 ascending";
+      if (k) {
+        EXPECT_LE(w.h[k - 1], w.h[k]) << "eigh_f64 ascending";
+      }
       for (int i = 0; i < l; i++) {
         double av = 0;
         for (int j = 0; j < l; j++) av += A[(size_t)i * l + j] * V.h[(size_t)j * l + k];
@@ -604,7 +606,7 @@ void check_lowrank(Backend& be, const std::string& op) {
     EXPECT_TRUE(Y->guard_ok()) << "tri_solve_lt_f64 guard";
     return;
   }
-  for (const auto [m, n] : {std::pair{37, 59}, std::pair{59, 37}}) {  // svd_f32: U·diag(S)·Vt = A
+  for (const auto& [m, n] : {std::pair{37, 59}, std::pair{59, 37}}) {  // svd_f32: U·diag(S)·Vt = A
     const int k = std::min(m, n);
     std::unique_ptr<DBuf<float>> A(rand_f32(be, (size_t)m * n, 94)), U(new DBuf<float>(be, (size_t)m * k)),
         S(new DBuf<float>(be, k)), Vt(new DBuf<float>(be, (size_t)k * n));

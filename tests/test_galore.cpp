@@ -447,7 +447,7 @@ TEST(GaloreProjector, NonFiniteGradientThrows) {
 // top-r subspace must be the SVD's: both solvers see the same fp32 G, each with a backward error of
 // ~√(mn)·u·σ_0 ≈ 2.3e-6, so by Wedin / Davis–Kahan their angles differ by ≲ 2·2.3e-6/δ ≈ 3.5e-4.
 TEST(GaloreProjector, FullWidthSketchOfIllConditionedGradient) {
-  for (const auto [m, n] : {std::pair<int64_t, int64_t>{24, 60}, std::pair<int64_t, int64_t>{60, 24}}) {
+  for (const auto& [m, n] : {std::pair<int64_t, int64_t>{24, 60}, std::pair<int64_t, int64_t>{60, 24}}) {
     const test_util::KnownSvd K = test_util::make_known_svd(
         m, n, [](int64_t k) { return std::pow(10.0, -(double)k / 10.0) * (k < 20 ? 1.0 : 1e-9); }, 7);
     const int r = 20;  // l = min(r + 8, m, n) = 24: the whole short side

@@ -143,12 +143,6 @@ double mean_tail(const std::vector<double>& v, size_t k) {
   return k ? s / double(k) : 0.0;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 void run_bench_galore(BenchGaloreOptions o) {
   if (!o.run_one.empty()) return run_one(o);
   if (o.steps < 1 || o.gap < 1) fail("bench galore: --steps and --gap must be >= 1");
@@ -191,7 +185,7 @@ void run_bench_galore(BenchGaloreOptions o) {
                    {"loss_last_gap_mean", loss},
                    {"loss_vs_adamw", loss / base_loss},
                    {"first_loss", losses.front()},
-                   {"step_seconds_median", median(secs)},
+                   {"step_seconds_median", median_of(secs)},
                    {"refresh_share", total > 0 ? r["refresh_seconds"].get<double>() / total : 0.0},
                    {"refreshes", r["refreshes"]}});
   }

@@ -70,6 +70,12 @@ Recipe bench_recipe(const std::string& preset, const std::string& quant, int ran
   return r;
 }
 
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 namespace {
 
 void run_bench_train(const BenchTrainOptions& o) {
@@ -97,9 +103,7 @@ void run_bench_train(const BenchTrainOptions& o) {
   }
   std::vector<double> sec;
   for (auto& m : ms) sec.push_back(m.step_seconds);
-  std::sort(sec.begin(), sec.end());
-  const size_t n = sec.size();
-  const double med = n % 2 ? sec[n / 2] : 0.5 * (sec[n / 2 - 1] + sec[n / 2]);
+  const double med = median_of(sec);
   const int64_t tokens = (int64_t)o.seq_len * o.micro_batch;
   const double tps = tokens / med;
   const size_t rss = peak_rss_bytes();

@@ -66,11 +66,8 @@ struct Result {
 // Statistic over the timed runs: the minimum (default: on a shared machine the fastest run is
 // the least disturbed one) or the median.
 bool g_stat_min = true;
-double pick(std::vector<double> t) {
-  std::sort(t.begin(), t.end());
-  size_t n = t.size();
-  if (g_stat_min) return t[0];
-  return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+double pick(const std::vector<double>& t) {
+  return g_stat_min ? *std::min_element(t.begin(), t.end()) : median_of(t);
 }
 
 // Wall time in ms (min or median, see g_stat_min) over `repeat` runs after one warm-up run.

@@ -19,21 +19,6 @@ void check_param(const ParamRef& p, const std::string& where) {
     fail(where, ": parameter '", p.name, "': numel ", p.numel, " does not match its shape");
 }
 
-// A single process holds every state tensor whole ([0, numel) held and written), once each.
-void check_whole_parts(const std::vector<OptimStatePart>& parts, const std::string& where) {
-  std::set<std::string> seen;
-  for (const OptimStatePart& q : parts) {
-    check_checkpoint_param_name(q.state, where);
-    check_checkpoint_param_name(q.tensor, where);
-    const std::string ds = "/optim/" + q.state + "/" + q.tensor;
-    const size_t n = size_t(shape_numel(q.shape));
-    if (q.begin != 0 || q.end != n || q.write_begin != 0 || q.write_end != n || (n && !q.data))
-      fail(where, ": optimizer state '", ds, "' ", shape_str(q.shape), ": a single-process checkpoint needs the whole tensor, this process holds [",
-           q.begin, ", ", q.end, ") and writes [", q.write_begin, ", ", q.write_end, ")");
-    if (!seen.insert(ds).second) fail(where, ": optimizer state '", ds, "' listed twice");
-  }
-}
-
 }  // namespace
 
 void write_checkpoint_file(const std::string& file, const TrainState& st, const std::vector<ParamRef>& params, Optimizer& opt) {
@@ -50,7 +35,7 @@ void write_checkpoint_file(const std::string& file, const TrainState& st, const 
   // Optimizer state only through state_parts (a state tensor may have any shape: GaLore's
   // projected moments); one process holds and writes each stored tensor whole.
   const std::vector<OptimStatePart> parts = opt.state_parts(params);
-  check_whole_parts(parts, file);
+  check_optim_parts(parts, file, /*whole=*/true);
   h5::H5File f = h5::H5File::create(file);
   for (const ParamRef& p : params) f.write("/params/" + p.name, p.w, p.shape);
   for (const OptimStatePart& q : parts) f.write("/optim/" + q.state + "/" + q.tensor, q.data, q.shape);
@@ -87,7 +72,7 @@ TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>&
   std::vector<OptimStatePart> parts;
   if (opt) {
     parts = opt->state_parts(params);
-    check_whole_parts(parts, path);
+    check_optim_parts(parts, path, /*whole=*/true);
   }
   for (const ParamRef& p : params) check_checkpoint_tensor(f, path, "/params/" + p.name, p.shape);
   for (const OptimStatePart& q : parts) check_checkpoint_tensor(f, path, "/optim/" + q.state + "/" + q.tensor, q.shape);

@@ -62,6 +62,24 @@ void check_checkpoint_param_name(const std::string& name, const std::string& whe
     fail(where, ": parameter name '", name, "' cannot be an HDF5 dataset name");
 }
 
+void check_optim_parts(const std::vector<OptimStatePart>& parts, const std::string& where, bool whole) {
+  std::set<std::string> seen;
+  for (const OptimStatePart& q : parts) {
+    check_checkpoint_param_name(q.state, where);
+    check_checkpoint_param_name(q.tensor, where);
+    const std::string ds = "/optim/" + q.state + "/" + q.tensor;
+    const size_t n = size_t(shape_numel(q.shape));
+    if (whole && (q.begin != 0 || q.end != n || q.write_begin != 0 || q.write_end != n || (n && !q.data)))
+      fail(where, ": optimizer state '", ds, "' ", shape_str(q.shape), ": a single-process checkpoint needs the whole tensor, this process holds [",
+           q.begin, ", ", q.end, ") and writes [", q.write_begin, ", ", q.write_end, ")");
+    if (!(q.begin <= q.write_begin && q.write_begin <= q.write_end && q.write_end <= q.end && q.end <= n) ||
+        (q.begin < q.end && !q.data))
+      fail(where, ": optimizer state '", ds, "' ", shape_str(q.shape), ": bad part: holds [", q.begin, ", ", q.end,
+           "), writes [", q.write_begin, ", ", q.write_end, ")");
+    if (!seen.insert(ds).second) fail(where, ": optimizer state '", ds, "' listed twice");
+  }
+}
+
 bool checkpoint_lora(const TrainState& st, const std::string& where, LoraConfig* out) {
   if (st.has_lora) {
     *out = st.lora;

@@ -9,12 +9,19 @@
 #include <vector>
 
 #include "src/model/checkpoint.h"
+#include "src/model/optim.h"
 #include "src/io/h5.h"
 
 namespace frugal {
 
 // Fails (naming `where`) unless `name` can be an HDF5 dataset name below /params/.
 void check_checkpoint_param_name(const std::string& name, const std::string& where);
+
+// Fails naming `where` and the dataset unless the optimizer's state parts (Optimizer::state_parts)
+// can be stored: dataset-safe names, each /optim/<state>/<tensor> once, and ranges inside the
+// stored tensor with data where they are not empty. whole: a single process, which must hold and
+// write every part entirely ([0, numel) both).
+void check_optim_parts(const std::vector<OptimStatePart>& parts, const std::string& where, bool whole);
 
 // The LoRA settings stored with a checkpoint: st.lora when st.has_lora, else the [lora] section of
 // st.recipe_toml (the recipe stores it expanded and validated). Returns false when there are none.

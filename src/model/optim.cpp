@@ -172,13 +172,8 @@ std::vector<OptimStatePart> Optimizer::state_parts(const std::vector<ParamRef>& 
                  st.size(), " for ", p.name);
     for (OptimStateTensor& t : st)
       if (t.buf->size() != p.numel) t.buf->assign(p.numel, 0.f);  // empty = zeros: make them real
-    if (p.pieces.empty()) {
-      for (size_t k = 0; k < st.size(); k++)
-        out.push_back({names[k], p.name, p.shape, 0, p.numel, 0, p.numel, st[k].buf->data()});
-      continue;
-    }
-    // per tensor of the flat shard, state by state (the order the checkpoint lists them)
-    for (const ParamPiece& pc : p.pieces)
+    // per tensor of the param (of the flat shard), state by state (the order the checkpoint lists them)
+    for (const ParamPiece& pc : param_pieces(p))
       for (size_t k = 0; k < st.size(); k++)
         out.push_back({names[k], pc.name, pc.shape, pc.begin, pc.end, pc.begin, pc.end,
                        st[k].buf->data() + pc.offset});

@@ -32,4 +32,11 @@ struct ParamRef {
   std::vector<ParamPiece> pieces;
 };
 
+// The tensors of a param as pieces: its pieces, or the whole param as one piece (cuts {0, numel}:
+// a split over one holder, which is this process).
+inline std::vector<ParamPiece> param_pieces(const ParamRef& p) {
+  if (!p.pieces.empty()) return p.pieces;
+  return {ParamPiece{p.name, p.shape, 0, p.numel, 0, {0, p.numel}}};
+}
+
 }  // namespace frugal

@@ -39,15 +39,6 @@ bool galore_is_target(const GaloreConfig& c, const std::string& name, const std:
   return false;
 }
 
-size_t galore_state_bytes(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape) {
-  if (!galore_is_target(c, name, shape)) return 2 * shape_numel(shape) * sizeof(float);
-  const int64_t m = shape[0], n = shape[1], r = galore_effective_rank(c.rank, m, n);
-  const ProjSide side = galore_side(c.proj_type, m, n);
-  const size_t lo = side == ProjSide::Right ? m * r : side == ProjSide::Left ? r * n : r * r;
-  const size_t proj = side == ProjSide::Right ? r * n : side == ProjSide::Left ? m * r : m * r + r * n;
-  return (2 * lo + proj) * sizeof(float);
-}
-
 size_t galore_held_state_bytes(const GaloreConfig& c, const ParamPiece& pc, int world, int rank) {
   if (!galore_is_target(c, pc.name, pc.shape)) return 2 * (pc.end - pc.begin) * sizeof(float);
   const MatrixSplit split{pc.shape[0], pc.shape[1], pc.cuts, rank};
@@ -56,6 +47,11 @@ size_t galore_held_state_bytes(const GaloreConfig& c, const ParamPiece& pc, int 
   size_t b = 2 * galore_low_rank_part(side, r, split, world).size();
   for (const ProjectorPart& q : galore_projector_parts(side, r, split)) b += q.end - q.begin;
   return b * sizeof(float);
+}
+
+size_t galore_state_bytes(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape) {
+  const size_t n = (size_t)shape_numel(shape);
+  return galore_held_state_bytes(c, ParamPiece{name, shape, 0, n, 0, {0, n}}, 1, 0);  // one holder: the whole
 }
 
 struct GaloreAdamW::TensorState {
@@ -86,35 +82,15 @@ GaloreAdamW::GaloreAdamW(const AdamWConfig& adamw, const GaloreConfig& g, Commun
 
 GaloreAdamW::~GaloreAdamW() = default;
 
-// One tensor of a param as this rank holds it: whole (pieces empty) or one piece of a flat shard.
-struct GaloreHeldTensor {
-  std::string name;
-  std::vector<int64_t> shape;
-  MatrixSplit split;  // only meaningful for 2-D
-  size_t begin = 0;   // the flat range [begin, begin + count) of the tensor this rank holds
-  size_t count = 0;
-  size_t offset = 0;  // into the param's w / g
-};
-
-static std::vector<GaloreHeldTensor> tensors_of(const ParamRef& p, int rank) {
-  std::vector<GaloreHeldTensor> out;
-  if (p.pieces.empty()) {
-    GaloreHeldTensor t{p.name, p.shape, {}, 0, p.numel, 0};
-    if (p.shape.size() == 2) t.split = MatrixSplit::whole(p.shape[0], p.shape[1]);
-    out.push_back(t);
-    return out;
-  }
-  for (const ParamPiece& pc : p.pieces) {
-    GaloreHeldTensor t{pc.name, pc.shape, {}, pc.begin, pc.end - pc.begin, pc.offset};
-    if (pc.shape.size() == 2) t.split = MatrixSplit{pc.shape[0], pc.shape[1], pc.cuts, rank};
-    out.push_back(t);
-  }
-  return out;
+// The split of a 2-D tensor as this rank holds it (param_pieces): a whole-param piece (two cuts)
+// has one holder, this process (index 0); a shard piece has every rank's cut.
+static MatrixSplit split_of(const ParamPiece& pc, int rank) {
+  return MatrixSplit{pc.shape[0], pc.shape[1], pc.cuts, pc.cuts.size() == 2 ? 0 : rank};
 }
 
 // The state of a tensor, created at its first sight (a step or a checkpoint's state_parts): whether
 // it is a target and, if so, its side, rank and this rank's part of the moments.
-GaloreAdamW::TensorState& GaloreAdamW::state_of(const GaloreHeldTensor& tv) {
+GaloreAdamW::TensorState& GaloreAdamW::state_of(const ParamPiece& tv) {
   std::unique_ptr<TensorState>& sp = state_[tv.name];
   if (!sp) sp = std::make_unique<TensorState>();
   TensorState& s = *sp;
@@ -122,7 +98,7 @@ GaloreAdamW::TensorState& GaloreAdamW::state_of(const GaloreHeldTensor& tv) {
     s.shape = tv.shape;
     s.target = galore_is_target(gc_, tv.name, tv.shape);
     if (s.target) {
-      s.split = tv.split;
+      s.split = split_of(tv, comm_->rank());
       s.side = galore_side(gc_.proj_type, tv.shape[0], tv.shape[1]);
       s.r = galore_effective_rank(gc_.rank, tv.shape[0], tv.shape[1]);
       s.part = galore_low_rank_part(s.side, s.r, s.split, comm_->world());
@@ -151,10 +127,11 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
 
   for (const ParamRef& p : params) {
     if (p.numel > 0 && (!p.w || !p.g)) fail("GaLore-AdamW: param '", p.name, "' has no weight or gradient buffer");
-    for (const GaloreHeldTensor& tv : tensors_of(p, comm_->rank())) {
+    for (const ParamPiece& tv : param_pieces(p)) {
       TensorState& s = state_of(tv);
       if (s.step < 0) s.step = t_before;
-      const size_t nmom = s.target ? s.part.size() : tv.count;
+      const size_t count = tv.end - tv.begin;  // this rank's elements of the tensor
+      const size_t nmom = s.target ? s.part.size() : count;
       if (s.m.empty() && s.v.empty()) s.m.assign(nmom, 0.f), s.v.assign(nmom, 0.f);
       FRUGAL_CHECK(s.m.size() == nmom && s.v.size() == nmom, "GaLore-AdamW: optimizer state of '", tv.name,
                    "' has ", s.m.size(), "/", s.v.size(), " elements, expected ", nmom);
@@ -188,14 +165,14 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
         nrm_[e] = s.m[e] / (std::sqrt(s.v[e]) + eps);
       }
       if (!s.target) {
-        for (size_t e = 0; e < tv.count; ++e) w[e] += neg_step * nrm_[e];
+        for (size_t e = 0; e < count; ++e) w[e] += neg_step * nrm_[e];
       } else if (s.proj.valid()) {
         // galore_torch: p += -step_size · (project_back(n) · scale); scale folded into alpha
         galore_project_back_add(s.proj, s.split, nrm_.data(), neg_step * gc_.scale, w, *comm_, *be_);
         galore_release(s.proj);
       }
       if (cfg_.weight_decay > 0.f)
-        for (size_t e = 0; e < tv.count; ++e) w[e] += wd_alpha * w[e];
+        for (size_t e = 0; e < count; ++e) w[e] += wd_alpha * w[e];
     }
   }
   stats_.step_seconds += std::chrono::duration<double>(clock::now() - t0).count();
@@ -204,15 +181,14 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
 std::vector<OptimStatePart> GaloreAdamW::state_parts(const std::vector<ParamRef>& params) {
   std::vector<OptimStatePart> out;
   for (const ParamRef& p : params) {
-    for (const GaloreHeldTensor& tv : tensors_of(p, comm_->rank())) {
+    for (const ParamPiece& tv : param_pieces(p)) {
       TensorState& s = state_of(tv);
-      const size_t nmom = s.target ? s.part.size() : tv.count;
+      const size_t nmom = s.target ? s.part.size() : tv.end - tv.begin;
       if (s.m.size() != nmom) s.m.assign(nmom, 0.f);
       if (s.v.size() != nmom) s.v.assign(nmom, 0.f);
       if (!s.target) {
-        const size_t b = tv.begin, e = tv.begin + tv.count;
-        out.push_back({"m", tv.name, tv.shape, b, e, b, e, s.m.data()});
-        out.push_back({"v", tv.name, tv.shape, b, e, b, e, s.v.data()});
+        out.push_back({"m", tv.name, tv.shape, tv.begin, tv.end, tv.begin, tv.end, s.m.data()});
+        out.push_back({"v", tv.name, tv.shape, tv.begin, tv.end, tv.begin, tv.end, s.v.data()});
         continue;
       }
       const LowRankPart& lp = s.part;

@@ -52,8 +52,6 @@ struct GaloreStats {
   double step_seconds = 0;     // whole step() time (this rank)
 };
 
-struct GaloreHeldTensor;  // galore.cpp: one tensor of a param as this rank holds it
-
 class GaloreAdamW : public Optimizer {
  public:
   // comm: the ranks a sharded param is split over (self communicator for one process).
@@ -79,7 +77,7 @@ class GaloreAdamW : public Optimizer {
 
  private:
   struct TensorState;
-  TensorState& state_of(const GaloreHeldTensor& t);
+  TensorState& state_of(const ParamPiece& t);
   AdamWConfig cfg_;
   GaloreConfig gc_;
   Communicator* comm_;

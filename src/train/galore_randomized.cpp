@@ -1,7 +1,7 @@
 // galore_randomized.cpp: GaLore's randomized refresh on a row-split G (galore_projector.h): a range
 // finder with subspace iteration (Halko, Martinsson, Tropp 2011, alg. 4.4), shifted CholeskyQR3 on the
 // distributed rows, and the replicated small SVD of B = Qᵀ·G. Also subspace_angle and the Jacobi
-// eigensolver both use.
+// eigensolver it uses (the rank-deficiency fill of CholeskyQR uses the backend's eigh_f64).
 //
 // Every collective is over the whole communicator and their number does not depend on the data
 // seen by one rank (decisions are taken on all-reduced values and agreed with a Min), so ranks
@@ -203,7 +203,9 @@ void randomized_svd(const MatrixSplit& s, const float* g, int r, const Projector
   gemm(be, false, false, (int)rows, r, l, q.data(), l, ub.data(), l, 0.f, u.data(), r);
 }
 
-void sym_eig(std::vector<double>& a, int l, std::vector<double>& vecs) {
+// Symmetric eigendecomposition of a [l, l] fp64 (cyclic Jacobi; subspace_angle's r x r matrices):
+// on return a's diagonal holds the eigenvalues, vecs [l, l] the eigenvectors as columns.
+static void sym_eig(std::vector<double>& a, int l, std::vector<double>& vecs) {
   vecs.assign((size_t)l * l, 0.0);
   for (int i = 0; i < l; i++) vecs[(size_t)i * l + i] = 1.0;
   double frob = 0;

@@ -44,8 +44,4 @@ void randomized_svd(const MatrixSplit& s, const float* g, int r, const Projector
                     const std::string& tensor, int64_t step, Communicator& comm, Backend& be,
                     std::vector<float>& vt, std::vector<float>& u);
 
-// Symmetric eigendecomposition of a [l, l] fp64 (cyclic Jacobi, replicated small matrices):
-// on return a's diagonal holds the eigenvalues, vecs [l, l] the eigenvectors as columns.
-void sym_eig(std::vector<double>& a, int l, std::vector<double>& vecs);
-
 }  // namespace frugal::galore_detail
