@@ -114,10 +114,42 @@ std::vector<OptimStateTensor> GaloreAdamW::state(const std::string& param) {
 }
 
 void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
+  begin_step();
+  for (const ParamRef& p : params) step_param(p, lr);
+}
+
+void GaloreAdamW::begin_step() {
+  t_before_ = t_;
+  t_ += 1;
+}
+
+bool GaloreAdamW::needs_full_grad(const ParamRef& p) {
+  for (const ParamPiece& tv : param_pieces(p)) {
+    TensorState& s = state_of(tv);
+    const int64_t step = s.step < 0 ? t_ : s.step;  // before begin_step: the coming step's number
+    if (!s.target || s.pending != 0.f || !s.proj.valid() || step % gc_.update_proj_gap == 0) return true;
+  }
+  return false;
+}
+
+size_t GaloreAdamW::projected_numel(const ParamRef& p) {
+  FRUGAL_CHECK(p.pieces.empty(), "GaLore-AdamW: projected_numel of the sharded param ", p.name);
+  TensorState& s = state_of(param_pieces(p)[0]);
+  FRUGAL_CHECK(s.target, "GaLore-AdamW: ", p.name, " is not a GaLore target");
+  return s.part.size();
+}
+
+void GaloreAdamW::project_grad(const ParamRef& p, float* lo) {
+  FRUGAL_CHECK(p.pieces.empty() && p.g, "GaLore-AdamW: project_grad needs a whole param with a gradient (", p.name, ")");
+  TensorState& s = state_of(param_pieces(p)[0]);
+  FRUGAL_CHECK(s.target && s.proj.valid(), "GaLore-AdamW: project_grad of ", p.name, " without a projector");
+  galore_acquire(s.proj, s.split, *comm_);
+  galore_project(s.proj, s.split, p.g, lo, *comm_, *be_);
+}
+
+void GaloreAdamW::step_param(const ParamRef& p, float lr, const float* lo_given) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  const int64_t t_before = t_;
-  t_ += 1;
   const double b1 = cfg_.beta1, b2 = cfg_.beta2, dlr = lr;
   // fp32 scalars as torch gets them from Python floats (galore_torch adamw.py)
   const float beta1 = (float)b1, a1 = (float)(1.0 - b1), beta2 = (float)b2, a2 = (float)(1.0 - b2);
@@ -125,55 +157,59 @@ void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
   const float wd_alpha = (float)(-dlr * (double)cfg_.weight_decay);
   ProjectorOptions po{gc_.rank, gc_.svd, gc_.oversample, gc_.power_iters, seed_};
 
-  for (const ParamRef& p : params) {
-    if (p.numel > 0 && (!p.w || !p.g)) fail("GaLore-AdamW: param '", p.name, "' has no weight or gradient buffer");
-    for (const ParamPiece& tv : param_pieces(p)) {
-      TensorState& s = state_of(tv);
-      if (s.step < 0) s.step = t_before;
-      const size_t count = tv.end - tv.begin;  // this rank's elements of the tensor
-      const size_t nmom = s.target ? s.part.size() : count;
-      if (s.m.empty() && s.v.empty()) s.m.assign(nmom, 0.f), s.v.assign(nmom, 0.f);
-      FRUGAL_CHECK(s.m.size() == nmom && s.v.size() == nmom, "GaLore-AdamW: optimizer state of '", tv.name,
-                   "' has ", s.m.size(), "/", s.v.size(), " elements, expected ", nmom);
-      float* w = p.w + tv.offset;
-      const float* g = p.g + tv.offset;
+  if (p.numel > 0 && (!p.w || (!p.g && !lo_given))) fail("GaLore-AdamW: param '", p.name, "' has no weight or gradient buffer");
+  FRUGAL_CHECK(!lo_given || p.pieces.empty(), "GaLore-AdamW: a projected gradient for the sharded param ", p.name);
+  for (const ParamPiece& tv : param_pieces(p)) {
+    TensorState& s = state_of(tv);
+    if (s.step < 0) s.step = t_before_;
+    const size_t count = tv.end - tv.begin;  // this rank's elements of the tensor
+    const size_t nmom = s.target ? s.part.size() : count;
+    if (s.m.empty() && s.v.empty()) s.m.assign(nmom, 0.f), s.v.assign(nmom, 0.f);
+    FRUGAL_CHECK(s.m.size() == nmom && s.v.size() == nmom, "GaLore-AdamW: optimizer state of '", tv.name,
+                 "' has ", s.m.size(), "/", s.v.size(), " elements, expected ", nmom);
+    float* w = p.w + tv.offset;
+    const float* g = p.g ? p.g + tv.offset : nullptr;
 
-      // the gradient the moments see: projected (targets) or as is
-      const float* gm = g;
-      if (s.target) {
-        if (s.pending != 0.f || !s.proj.valid() || s.step % gc_.update_proj_gap == 0) {
-          const auto r0 = clock::now();
-          const bool ok = galore_refresh(s.proj, s.side, s.split, g, po, tv.name, s.step, *comm_, *be_);
-          s.pending = ok ? 0.f : 1.f;
-          stats_.refreshes += ok;
-          stats_.refresh_seconds += std::chrono::duration<double>(clock::now() - r0).count();
-        }
-        lo_.assign(nmom, 0.f);  // no projector yet: G was zero everywhere, so is its projection
-        if (s.proj.valid()) {
-          galore_acquire(s.proj, s.split, *comm_);  // the whole right projector for this step
-          galore_project(s.proj, s.split, g, lo_.data(), *comm_, *be_);
-        }
-        gm = lo_.data();
+    // the gradient the moments see: projected (targets) or as is
+    const float* gm = g;
+    if (lo_given) {
+      FRUGAL_CHECK(s.target && s.proj.valid() && s.pending == 0.f && s.step % gc_.update_proj_gap != 0,
+                   "GaLore-AdamW: a projected gradient for ", tv.name, " at a step that refreshes its projector");
+      galore_acquire(s.proj, s.split, *comm_);  // project_back needs the whole right projector
+      gm = lo_given;
+    } else if (s.target) {
+      if (s.pending != 0.f || !s.proj.valid() || s.step % gc_.update_proj_gap == 0) {
+        const auto r0 = clock::now();
+        const bool ok = galore_refresh(s.proj, s.side, s.split, g, po, tv.name, s.step, *comm_, *be_);
+        s.pending = ok ? 0.f : 1.f;
+        stats_.refreshes += ok;
+        stats_.refresh_seconds += std::chrono::duration<double>(clock::now() - r0).count();
       }
-      s.step += 1;
-      const double bc1 = 1.0 - std::pow(b1, (double)s.step), bc2 = 1.0 - std::pow(b2, (double)s.step);
-      const float neg_step = (float)(-(dlr * std::sqrt(bc2) / bc1));
-      nrm_.resize(nmom);
-      for (size_t e = 0; e < nmom; ++e) {
-        s.m[e] = s.m[e] * beta1 + a1 * gm[e];
-        s.v[e] = s.v[e] * beta2 + a2 * gm[e] * gm[e];
-        nrm_[e] = s.m[e] / (std::sqrt(s.v[e]) + eps);
+      lo_.assign(nmom, 0.f);  // no projector yet: G was zero everywhere, so is its projection
+      if (s.proj.valid()) {
+        galore_acquire(s.proj, s.split, *comm_);  // the whole right projector for this step
+        galore_project(s.proj, s.split, g, lo_.data(), *comm_, *be_);
       }
-      if (!s.target) {
-        for (size_t e = 0; e < count; ++e) w[e] += neg_step * nrm_[e];
-      } else if (s.proj.valid()) {
-        // galore_torch: p += -step_size · (project_back(n) · scale); scale folded into alpha
-        galore_project_back_add(s.proj, s.split, nrm_.data(), neg_step * gc_.scale, w, *comm_, *be_);
-        galore_release(s.proj);
-      }
-      if (cfg_.weight_decay > 0.f)
-        for (size_t e = 0; e < count; ++e) w[e] += wd_alpha * w[e];
+      gm = lo_.data();
     }
+    s.step += 1;
+    const double bc1 = 1.0 - std::pow(b1, (double)s.step), bc2 = 1.0 - std::pow(b2, (double)s.step);
+    const float neg_step = (float)(-(dlr * std::sqrt(bc2) / bc1));
+    nrm_.resize(nmom);
+    for (size_t e = 0; e < nmom; ++e) {
+      s.m[e] = s.m[e] * beta1 + a1 * gm[e];
+      s.v[e] = s.v[e] * beta2 + a2 * gm[e] * gm[e];
+      nrm_[e] = s.m[e] / (std::sqrt(s.v[e]) + eps);
+    }
+    if (!s.target) {
+      for (size_t e = 0; e < count; ++e) w[e] += neg_step * nrm_[e];
+    } else if (s.proj.valid()) {
+      // galore_torch: p += -step_size · (project_back(n) · scale); scale folded into alpha
+      galore_project_back_add(s.proj, s.split, nrm_.data(), neg_step * gc_.scale, w, *comm_, *be_);
+      galore_release(s.proj);
+    }
+    if (cfg_.weight_decay > 0.f)
+      for (size_t e = 0; e < count; ++e) w[e] += wd_alpha * w[e];
   }
   stats_.step_seconds += std::chrono::duration<double>(clock::now() - t0).count();
 }

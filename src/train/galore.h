@@ -59,7 +59,20 @@ class GaloreAdamW : public Optimizer {
               Backend& be = cpu_backend());
   ~GaloreAdamW() override;
   const char* name() const override { return "galore_adamw"; }
-  void step(const std::vector<ParamRef>& params, float lr) override;
+  void step(const std::vector<ParamRef>& params, float lr) override;  // begin_step, step_param each
+  // The same step one param at a time, for per-layer updates (galore.per_layer: each block steps
+  // as soon as its backward is done): begin_step() once (t += 1), then step_param for every param.
+  // lo (nullable; a whole param only): its projected gradient (project_grad, summed over the
+  // micro-batches), used instead of projecting p.g, on a step where needs_full_grad(p) is false.
+  void begin_step();
+  void step_param(const ParamRef& p, float lr, const float* lo = nullptr);
+  // Does the coming step need p's full gradient: not a target, or a target whose projector is
+  // refreshed at it (from the gradient)? Call before begin_step.
+  bool needs_full_grad(const ParamRef& p);
+  // A whole target param's projected gradient [projected_numel(p)] = project(p.g); its projector
+  // must exist (needs_full_grad(p) false).
+  size_t projected_numel(const ParamRef& p);
+  void project_grad(const ParamRef& p, float* lo);
   int64_t t() const override { return t_; }
   void set_t(int64_t t) override { t_ = t; }
   // Elementwise state of non-target tensors; GaLore tensors go through state_parts only.
@@ -84,6 +97,7 @@ class GaloreAdamW : public Optimizer {
   uint64_t seed_;
   Backend* be_;
   int64_t t_ = 0;
+  int64_t t_before_ = 0;  // t() before the current step's begin_step
   std::map<std::string, std::unique_ptr<TensorState>> state_;  // by tensor name
   GaloreStats stats_;
   // scratch shared by all tensors (one tensor steps at a time): the projected gradient and
