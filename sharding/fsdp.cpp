@@ -149,7 +149,7 @@ Fsdp::Fsdp(LlamaModel& m, const ModelLayout& L, Communicator& comm, const FsdpOp
     if (!ul.train_shard) continue;
     w_[u].assign(ul.train_shard, 0.f);
     g_[u].assign(ul.train_shard, 0.f);
-    params_.push_back(ParamRef{"fsdp/" + ul.name, {(int64_t)ul.train_shard}, w_[u].data(), g_[u].data(), ul.train_shard});
+    params_.push_back(ParamRef{"fsdp/" + ul.name, {(int64_t)ul.train_shard}, w_[u].data(), g_[u].data(), ul.train_shard, {}});
     // one piece per trainable tensor: optimizers and checkpoints see the tensors in the shard
     params_.back().pieces = unit_pieces(ul, L_.world, comm_.rank());
   }

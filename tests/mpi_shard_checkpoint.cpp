@@ -193,7 +193,7 @@ void fill_full(const ModelLayout& L, FullParams* fp) {
   }
   size_t k = 0;
   for (const LayoutTensor& t : layout_tensors(L)) {
-    fp->refs.push_back(ParamRef{t.name, t.shape, fp->w[k].data(), nullptr, t.numel});
+    fp->refs.push_back(ParamRef{t.name, t.shape, fp->w[k].data(), nullptr, t.numel, {}});
     k++;
   }
 }

@@ -160,8 +160,10 @@ ForwardStats LlamaModel::forward_backward(const Batch& b, float grad_scale) {
     acquire(1 + l);
     if (opt_.checkpoint)  // recompute this block's activations from its saved input
       block_forward(*be_, cfg_, blocks[l], l, p, xs_[l].data(), acts_[0], scratch_, tmpC_.data());
+    alloc_block_grads(l);
     block_backward(*be_, cfg_, blocks[l], l, p, xs_[l].data(), acts_[opt_.checkpoint ? 0 : l], scratch_,
                    dres_.data());
+    if (grad_hooks_) grad_hooks_->block_grads_done(l);
     release(1 + l);
   }
   if (hooks_) hooks_->end_pass();
@@ -343,37 +345,69 @@ void LlamaModel::add_lora(const LoraConfig& cfg, uint64_t seed, bool allocate) {
   lora_cfg_ = std::make_unique<LoraConfig>(c);
 }
 
+// One param per tensor; a trainable bf16/NF4 tensor without an fp32 master goes to *no_master.
+template <class Weights, class Grads>  // avector<float> or Buf<float>
+static void add_param(std::vector<ParamRef>& ps, const std::string& name, std::vector<int64_t> shape, Weights& w,
+                      Grads& g) {
+  // g empty: a gradient freed by per-layer updates (free_linear_grad), handed out as nullptr
+  FRUGAL_CHECK(g.empty() || w.size() == g.size(), "parameter ", name, " has no gradient buffer");
+  ps.push_back(ParamRef{name, std::move(shape), w.data(), g.empty() ? nullptr : g.data(), w.size(), {}});
+}
+static void add_dense(std::vector<ParamRef>& ps, std::string& no_master, const std::string& name,
+                      std::vector<int64_t> shape, avector<float>& master, avector<float>& g) {
+  if (master.empty()) no_master += " " + name;
+  else add_param(ps, name, std::move(shape), master, g);
+}
+
+static void add_block_params(std::vector<ParamRef>& ps, std::string& no_master, LlamaBlock& blk) {
+  for (LinearSite* s : blk.sites()) {
+    if (!s->lora) continue;
+    LoraAdapter& a = *s->lora;
+    add_param(ps, peft_lora_name(s->name, 'A'), {a.r, a.in}, a.A, a.dA);
+    add_param(ps, peft_lora_name(s->name, 'B'), {a.out, a.r}, a.B, a.dB);
+  }
+  for (LinearSite* s : blk.sites())
+    if (s->trainable) add_dense(ps, no_master, s->name, {s->W.out, s->W.in}, s->master, s->grad);
+  for (NormParam* p : {&blk.ln1, &blk.ln2})
+    if (p->trainable) add_param(ps, p->name, {(int64_t)p->w.size()}, p->w, p->grad);
+}
+
+static void fail_no_master(const std::string& no_master) {
+  if (!no_master.empty())
+    fail("trainable_params: these trainable tensors are stored in bf16/NF4 without an fp32 master weight "
+         "and cannot be optimized (add_master):", no_master);
+}
+
 std::vector<ParamRef> LlamaModel::trainable_params() {
   std::vector<ParamRef> ps;
   std::string no_master;  // trainable bf16/NF4 tensors without an fp32 master
   const int64_t V = cfg_.vocab_size, C = cfg_.hidden_size;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, auto& w, auto& g) {
-    FRUGAL_CHECK(w.size() == g.size(), "parameter ", name, " has no gradient buffer");
-    ps.push_back(ParamRef{name, std::move(shape), w.data(), g.data(), w.size()});
-  };
-  auto dense = [&](const std::string& name, std::vector<int64_t> shape, avector<float>& master, avector<float>& g) {
-    if (master.empty()) no_master += " " + name;
-    else add(name, std::move(shape), master, g);
-  };
-  if (embed_trainable) dense("model.embed_tokens.weight", {V, C}, embed_master, embed_grad);
-  for (auto& blk : blocks) {
-    for (LinearSite* s : blk.sites()) {
-      if (!s->lora) continue;
-      LoraAdapter& a = *s->lora;
-      add(peft_lora_name(s->name, 'A'), {a.r, a.in}, a.A, a.dA);
-      add(peft_lora_name(s->name, 'B'), {a.out, a.r}, a.B, a.dB);
-    }
-    for (LinearSite* s : blk.sites())
-      if (s->trainable) dense(s->name, {s->W.out, s->W.in}, s->master, s->grad);
-    for (NormParam* p : {&blk.ln1, &blk.ln2})
-      if (p->trainable) add(p->name, {(int64_t)p->w.size()}, p->w, p->grad);
-  }
-  if (norm.trainable) add(norm.name, {(int64_t)norm.w.size()}, norm.w, norm.grad);
-  if (lm_head_trainable) dense("lm_head.weight", {V, C}, lm_head_master, lm_head_grad);
-  if (!no_master.empty())
-    fail("trainable_params: these trainable tensors are stored in bf16/NF4 without an fp32 master weight "
-         "and cannot be optimized (add_master):", no_master);
+  if (embed_trainable) add_dense(ps, no_master, "model.embed_tokens.weight", {V, C}, embed_master, embed_grad);
+  for (auto& blk : blocks) add_block_params(ps, no_master, blk);
+  if (norm.trainable) add_param(ps, norm.name, {(int64_t)norm.w.size()}, norm.w, norm.grad);
+  if (lm_head_trainable) add_dense(ps, no_master, "lm_head.weight", {V, C}, lm_head_master, lm_head_grad);
+  fail_no_master(no_master);
   return ps;
+}
+
+std::vector<ParamRef> LlamaModel::block_params(int layer) {
+  FRUGAL_CHECK(layer >= 0 && layer < (int)blocks.size(), "block_params: layer ", layer, " of ", blocks.size());
+  std::vector<ParamRef> ps;
+  std::string no_master;
+  add_block_params(ps, no_master, blocks[layer]);
+  fail_no_master(no_master);
+  return ps;
+}
+
+void LlamaModel::free_linear_grad(const std::string& n) {
+  LinearSite* s = find_linear(n);
+  if (!s || !s->trainable) fail("free_linear_grad: '", n, "' is not a trainable decoder linear");
+  avector<float>().swap(s->grad);
+}
+
+void LlamaModel::alloc_block_grads(int layer) {
+  for (LinearSite* s : blocks[layer].sites())
+    if (s->trainable && s->grad.empty()) s->grad.resize((size_t)s->W.out * s->W.in);  // zeros
 }
 
 void LlamaModel::sync_lora() {

@@ -100,6 +100,14 @@ struct UnitHooks {
   virtual void end_pass() = 0;
 };
 
+// Per-layer optimizer updates (galore.per_layer, src/train/galore_per_layer.h): forward_backward
+// calls block_grads_done(l) right after block l's backward, when its weight gradients of this
+// micro-batch are complete and before block l-1's backward starts.
+struct GradHooks {
+  virtual ~GradHooks() = default;
+  virtual void block_grads_done(int layer) = 0;
+};
+
 class LlamaModel {
  public:
   // dir: config.json + model.safetensors (or the sharded index). Missing tensor or wrong shape:
@@ -131,6 +139,13 @@ class LlamaModel {
     return const_cast<avector<float>&>(static_cast<const LlamaModel&>(*this).grad(hf_name));
   }
   void zero_grad();
+  // Per-layer updates: frees the gradient buffer of a trainable decoder linear, so that only the
+  // blocks being stepped hold full gradients; the next backward of its block allocates it again,
+  // zero-filled. trainable_params() / block_params() hand a freed gradient out as g = nullptr.
+  void free_linear_grad(const std::string& hf_name);
+  void set_grad_hooks(GradHooks* h) { grad_hooks_ = h; }
+  // The trainable params of block l, in trainable_params() order (LoRA A, B; linears; ln1, ln2).
+  std::vector<ParamRef> block_params(int layer);
   // Gives a trainable bf16 tensor (model.embed_tokens.weight, lm_head.weight, a decoder linear of
   // a bf16 base) an fp32 master weight, copied from its bf16 values: trainable_params() hands it
   // to the optimizer and sync_trainables() rounds it into the bf16 compute copy after each step.
@@ -194,6 +209,8 @@ class LlamaModel {
   Backend* be_;                              // every op runs here (src/model/backend.h)
   std::unique_ptr<LoraConfig> lora_cfg_;     // set by add_lora
   UnitHooks* hooks_ = nullptr;               // FSDP (null: weights are resident)
+  GradHooks* grad_hooks_ = nullptr;          // per-layer updates (null: the trainer steps after backward)
+  void alloc_block_grads(int layer);         // trainable linears whose gradient was freed: zeros
   void acquire(int u) { if (hooks_) hooks_->acquire(u); }
   void release(int u) { if (hooks_) hooks_->release(u); }
   uint64_t drop_row0_ = 0;

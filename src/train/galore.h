@@ -36,6 +36,9 @@ struct GaloreConfig {
   // "q_proj", ...), matched against the dense (HF-named) 2-D tensors; "lora" selects the LoRA
   // factors (lora_A, lora_B) instead.
   std::vector<std::string> targets = {"attn", "mlp"};
+  // Per-layer updates (src/train/galore_per_layer.h): each decoder block steps as soon as its
+  // backward is done and frees its gradients. Full fine-tuning, one process, no global clipping.
+  bool per_layer = false;
   std::string svd = "exact";                       // exact | randomized
   int oversample = 8, power_iters = 2;             // randomized only
   std::string moments = "fp32";                    // fp32 ("int8" planned, rejected for now)

@@ -203,6 +203,30 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
     frozen_note = "whole model (single process)";
     lora_state = 8 * L.total_train_numel();
     lora_note = str(L.total_train_numel(), " trainable x 8 B (w, g)");
+    if (r.optim_name == "galore_adamw" && r.galore.per_layer) {
+      // src/train/galore_per_layer.h: a block's linears hold a gradient only while that block
+      // steps; with grad_accum > 1 a refresh step accumulates every full gradient (the peak), and
+      // the steps between hold one block plus the projected sums (the size of the m moments)
+      size_t linear = 0, one_block = 0, acc = 0;
+      for (const UnitLayout& u : L.units) {
+        if (u.name.rfind("layers.", 0) != 0) continue;
+        size_t b = 0;
+        for (const TrainEntry& e : u.train) {
+          if (!e.dense() || e.shape.size() != 2) continue;
+          b += e.numel;
+          if (galore_is_target(r.galore, e.name, e.shape))
+            acc += (size_t)galore_low_rank_part(galore_side(r.galore.proj_type, e.shape[0], e.shape[1]),
+                                                galore_effective_rank(r.galore.rank, e.shape[0], e.shape[1]),
+                                                MatrixSplit::whole(e.shape[0], e.shape[1]), 1).size();
+        }
+        linear += b, one_block = std::max(one_block, b);
+      }
+      const size_t held = r.grad_accum > 1 ? std::max(linear, one_block + acc) : one_block;
+      lora_state -= 4 * (linear - held);
+      lora_note = str(L.total_train_numel(), " masters x 4 B + grads: galore.per_layer, ",
+                      r.grad_accum > 1 ? "grad_accum > 1: every linear's on refresh steps"
+                                       : "one block's linears at a time", " (", human(4.0 * (double)held), ")");
+    }
   }
   // ---- optimizer state of the busiest rank
   const size_t train_floats = p.fsdp ? L.total_train_shard() : L.total_train_numel();

@@ -98,6 +98,7 @@ const std::vector<KeyDef>& schema() {
       K_FLOAT("galore", "scale", galore.scale, "scale of the back-projected update", "galore_scale"),
       K_STR("galore", "proj_type", galore.proj_type, "std | reverse_std | left | right | full (std: right for rows >= cols, else left)", "galore_proj_type"),
       K_LIST("galore", "targets", galore.targets, "tensors projected, by substring of their HF name as galore_torch's target_modules (\"attn\", \"mlp\", \"q_proj\", \"embed_tokens\"...), or \"lora\" for the LoRA factors; other tensors get plain AdamW", "target_modules", "galore_target_modules"),
+      K_BOOL("galore", "per_layer", galore.per_layer, "step each decoder block as soon as its backward is done and free its gradients (train.mode = \"full\", one process, optim.grad_clip = 0); grad_accum sums projected gradients between refreshes"),
       K_STR("galore", "svd", galore.svd, "exact (LAPACK SVD, one process) | randomized (range finder with subspace iteration; also under mpirun)", "svd_method"),
       K_INT("galore", "oversample", galore.oversample, "randomized: extra sketch columns beyond r"),
       K_INT("galore", "power_iters", galore.power_iters, "randomized: subspace iterations"),
@@ -464,6 +465,14 @@ void Recipe::validate(const std::string& where) const {
   // [optim]
   one_of("optim.name", optim_name, {"adamw", "galore_adamw"});
   if (optim_name == "galore_adamw") galore.validate(where);
+  if (galore.per_layer) {
+    // the step of block l happens before block l-1's backward: no optimizer may wait for all grads
+    if (optim_name != "galore_adamw") fail(where, ": galore.per_layer needs optim.name = \"galore_adamw\" (got \"", optim_name, "\")");
+    if (train_mode != "full") fail(where, ": galore.per_layer needs train.mode = \"full\" (got \"", train_mode, "\")");
+    if (grad_clip > 0.f)
+      fail(where, ": galore.per_layer steps each block before the next block's gradients exist, so the global norm "
+           "that optim.grad_clip = ", grad_clip, " clips by is never known; set optim.grad_clip = 0");
+  }
   need(std::isfinite(lr) && lr > 0.f, "optim.lr", lr, "must be > 0");
   need(adamw.beta1 >= 0.f && adamw.beta1 < 1.f, "optim.beta1", adamw.beta1, "must be in [0, 1)");
   need(adamw.beta2 >= 0.f && adamw.beta2 < 1.f, "optim.beta2", adamw.beta2, "must be in [0, 1)");

@@ -22,6 +22,7 @@
 #include "src/model/lora.h"
 #include "src/model/tensors.h"
 #include "src/train/galore.h"
+#include "src/train/galore_per_layer.h"
 #include "src/train/progress.h"
 
 namespace frugal {
@@ -135,6 +136,13 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r) {
     params_ = fsdp_->shard_params();
   }
   if (params_.empty()) fail(r_.path, ": nothing to train (lora.target_modules selects no linear, train.trainable is empty)");
+  if (r_.optim_name == "galore_adamw" && r_.galore.per_layer) {
+    if (W > 1)
+      fail(r_.path, ": galore.per_layer is for one process; under mpirun (", W, " ranks) FSDP already frees each "
+           "unit's full gradient after its reduce-scatter (set galore.per_layer = false)");
+    layer_step_ = std::make_unique<GaloreLayerStep>(*model_, dynamic_cast<GaloreAdamW&>(*opt_));
+    params_ = model_->trainable_params();  // the freed linear gradients as g = nullptr
+  }
 
   setup_data();
 
@@ -304,7 +312,9 @@ StepMetrics Trainer::train_step() {
   // every rank holds the whole global batch's ids (cheap), so n is the global target count
   const int64_t n = count_targets(targets_.data(), targets_.size());
   const float gscale = n > 0 ? (float)(1.0 / (double)n) : 1.f;  // no targets: all grads are 0
-  zero_grads(params_, model_->backend());
+  zero_grads(params_, model_->backend());  // per-layer: the linears' are freed (null), allocated as zeros
+  const float lr = sched_.at(step_);
+  if (layer_step_) layer_step_->begin(A, lr);
   // this rank's rows of every micro-batch
   const int W = comm_->world(), rank = comm_->rank();
   const int b0 = (int)((int64_t)B * rank / W), b1 = (int)((int64_t)B * (rank + 1) / W);
@@ -316,6 +326,7 @@ StepMetrics Trainer::train_step() {
     b.T = T;
     b.ids = ids_.data() + j * rows + (size_t)b0 * T;
     b.targets = targets_.data() + j * rows + (size_t)b0 * T;
+    if (layer_step_) layer_step_->next_micro_batch();  // each block steps in its backward at the last
     st += model_->forward_backward(b, gscale);
     if (fsdp_) fsdp_->reduce_dense_grads();  // dense trainables' grads into this rank's shards
   }
@@ -330,15 +341,18 @@ StepMetrics Trainer::train_step() {
   StepMetrics m{};
   m.step = step_;
   m.loss = loss;
-  if (fsdp_) {
+  m.lr = lr;
+  if (layer_step_) {
+    m.grad_norm = std::sqrt(layer_step_->finish());  // the blocks stepped during the backward
+  } else if (fsdp_) {
     // torch.nn.utils.clip_grad_norm_ over the shards: the norm is global, the scaling local
     m.grad_norm = fsdp_->global_grad_norm();
     clip_grads(params_, r_.grad_clip, m.grad_norm, model_->backend());
+    opt_->step(params_, m.lr);
   } else {
     m.grad_norm = clip_grad_norm(params_, r_.grad_clip, model_->backend());
+    opt_->step(params_, m.lr);
   }
-  m.lr = sched_.at(step_);
-  opt_->step(params_, m.lr);
   if (!fsdp_) model_->sync_trainables();  // bf16 compute copies of the updated masters
   step_++;
   m.tokens = (int64_t)(A * rows);

@@ -42,6 +42,8 @@
 
 namespace frugal {
 
+class GaloreLayerStep;  // src/train/galore_per_layer.h
+
 struct StepMetrics {
   int64_t step;            // optimizer step just taken (0-based)
   double loss;             // mean CE over the step's targets (all micro-batches)
@@ -85,6 +87,7 @@ class Trainer {
   const std::vector<int32_t>& last_targets() const { return targets_; }
   std::string checkpoint_dir() const;          // output_dir/checkpoints
   bool verbose = true;                         // progress / log lines on stderr
+  GaloreLayerStep* layer_step() { return layer_step_.get(); }  // galore.per_layer, else null
   // output_dir/checkpoints/latest -> full path of the newest checkpoint; throws if there is none.
   static std::string latest_checkpoint(const std::string& output_dir);
 
@@ -100,6 +103,7 @@ class Trainer {
   std::unique_ptr<Optimizer> opt_;            // recipe optim.name (make_optimizer)
   LRSchedule sched_;
   std::vector<ParamRef> params_;
+  std::unique_ptr<GaloreLayerStep> layer_step_;  // galore.per_layer (src/train/galore_per_layer.h)
   int64_t step_ = 0;
   double tokens_seen_ = 0;
   bool resumed_ = false;
