@@ -21,6 +21,7 @@
 
 #include "src/model/init.h"
 #include "src/model/model.h"
+#include "src/model/tensors.h"
 #include "src/train/plan.h"
 #include "src/train/recipe.h"
 #include "tests/test_util.h"
@@ -118,6 +119,27 @@ TEST(Plan, FrozenWeightsEqualLoadedModel) {
     EXPECT_EQ(p.row("gathered_units")->host, 0u);
     EXPECT_FALSE(p.fsdp);
   }
+}
+
+// Full fine-tuning, one process: the bf16 compute copies of the trained linears are model bytes
+// too (frozen row), and masters + grads (trainables row) are the model's.
+TEST(Plan, FullFineTuningEqualsLoadedModel) {
+  const std::string toml = "[model]\npath = \"" + odd_model_dir() +
+                           "\"\n[quant]\ntype = \"none\"\n[train]\nmode = \"full\"\ntrainable = [\"norm\"]\n"
+                           "[data]\nsynthetic = \"patterns\"\nseq_len = 17\n";
+  const Recipe r = Recipe::from_string(toml, "odd.toml");
+  PlanOptions o;
+  o.runtime_bytes = 0;
+  o.threads = 3;
+  const Plan p = make_plan(r, o);
+  LlamaModel m = LlamaModel::load(odd_model_dir(), r.model_options());
+  for (const ModelTensor& t : select_trainable(m.config(), r.train_mode, r.train_trainable)) {
+    m.set_trainable(t.name);
+    if (!t.fp32()) m.add_master(t.name);
+  }
+  const MemoryReport rep = m.memory_report();
+  EXPECT_EQ(p.row("frozen_shard")->host, rep.frozen_linear_bytes + rep.embedding_bytes + rep.norm_bytes);
+  EXPECT_EQ(p.row("trainables")->host, rep.grad_bytes + rep.master_bytes);
 }
 
 TEST(Plan, ByteSizesAndErrors) {

@@ -1,10 +1,13 @@
 // bench_galore.cpp: `frugal bench galore [--preset small] [--ranks 128,256] [--steps 20]
-// [--svd exact,randomized] [--gap 10] [--seq-len 128] [--micro-batch 2] [--lr 1e-3] [--json]`.
+// [--svd exact,randomized] [--gap 10] [--seq-len 128] [--micro-batch 2] [--grad-accum 1] [--per-layer]
+// [--lr 1e-3] [--json]`.
 // Full fine-tuning (bf16 base, every decoder linear and the RMSNorm weights train) of a randomly
 // initialized preset on synthetic "patterns" data, the same data and seed for every optimizer:
 //   adamw                  the baseline (torch AdamW)
 //   galore r, exact        GaLore-AdamW rank r, LAPACK SVD at each refresh
 //   galore r, randomized   GaLore-AdamW rank r, range finder + subspace iteration
+//   ...:per-layer          (--per-layer) the same with galore.per_layer: each block steps in the
+//                          backward and frees its gradients (optim.grad_clip 0: no global norm)
 // Each configuration runs in its own child process (this binary re-executed with --run-one), so
 // its peak RSS is its own. Reported per configuration: optimizer-state bytes (what the optimizer
 // holds after the last step), peak RSS, the mean loss of the last gap steps and its ratio to
@@ -40,9 +43,9 @@ struct BenchGaloreOptions {
   std::string preset = "small";
   std::vector<int> ranks = {128, 256};
   std::vector<std::string> svds = {"exact", "randomized"};
-  int steps = 20, gap = 10, seq_len = 128, micro_batch = 2;
+  int steps = 20, gap = 10, seq_len = 128, micro_batch = 2, grad_accum = 1;
   float lr = 1e-3f;
-  bool json = false;
+  bool json = false, per_layer = false;
   std::string run_one, model_dir;  // internal: the child's configuration and the shared model
 };
 
@@ -56,15 +59,18 @@ Recipe galore_bench_recipe(const BenchGaloreOptions& o, const std::string& confi
   r.lr_schedule = "constant";
   r.grad_clip = 1.0f;
   r.optim_name = "adamw";
+  r.grad_accum = o.grad_accum;
   if (config != "adamw") {
     int rank = 0;
-    char svd[32] = {0};
-    if (std::sscanf(config.c_str(), "galore:%d:%31s", &rank, svd) != 2) fail("bench galore: bad configuration '", config, "'");
+    char svd[32] = {0}, mode[32] = {0};
+    const int got = std::sscanf(config.c_str(), "galore:%d:%31[^:]:%31s", &rank, svd, mode);
+    if (got < 2 || (got == 3 && std::string(mode) != "per-layer")) fail("bench galore: bad configuration '", config, "'");
     r.optim_name = "galore_adamw";
     r.galore.rank = rank;
     r.galore.svd = svd;
     r.galore.update_proj_gap = o.gap;
     r.galore.scale = 0.25f;
+    if (got == 3) r.galore.per_layer = true, r.grad_clip = 0.f;  // per-layer steps cannot clip by the global norm
   }
   return r;
 }
@@ -105,7 +111,7 @@ void run_one(const BenchGaloreOptions& o) {
 nlohmann::json spawn_one(const BenchGaloreOptions& o, const std::string& config) {
   std::vector<std::string> args = {"/proc/self/exe", "bench", "galore", "--run-one", config, "--model-dir", o.model_dir,
                                    "--preset", o.preset, "--steps", std::to_string(o.steps), "--gap", std::to_string(o.gap),
-                                   "--seq-len", std::to_string(o.seq_len), "--micro-batch", std::to_string(o.micro_batch),
+                                   "--seq-len", std::to_string(o.seq_len), "--micro-batch", std::to_string(o.micro_batch), "--grad-accum", std::to_string(o.grad_accum),
                                    "--lr", str(o.lr)};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -163,7 +169,10 @@ void run_bench_galore(BenchGaloreOptions o) {
 
   std::vector<std::string> configs = {"adamw"};
   for (int r : o.ranks)
-    for (const std::string& svd : o.svds) configs.push_back(str("galore:", r, ":", svd));
+    for (const std::string& svd : o.svds) {
+      configs.push_back(str("galore:", r, ":", svd));
+      if (o.per_layer) configs.push_back(str("galore:", r, ":", svd, ":per-layer"));
+    }
   std::vector<nlohmann::json> res;
   for (const std::string& c : configs) {
     if (!o.json) std::fprintf(stderr, "bench galore: %s ...\n", c.c_str());
@@ -199,10 +208,10 @@ void run_bench_galore(BenchGaloreOptions o) {
   std::printf("frugal bench galore: %s full fine-tuning (%.1fM trainable), B=%d T=%d, %d steps, refresh every %d, lr %g\n",
               o.preset.c_str(), res[0]["trainable_floats"].get<double>() / 1e6, o.micro_batch, o.seq_len, o.steps, o.gap,
               (double)o.lr);
-  std::printf("%-22s %12s %8s %10s %10s %8s %10s %9s\n", "optimizer", "state MB", "vs AdamW", "peak RSS MB",
+  std::printf("%-28s %12s %8s %10s %10s %8s %10s %9s\n", "optimizer", "state MB", "vs AdamW", "peak RSS MB",
               "loss", "vs AdamW", "step s", "refresh %");
   for (const auto& r : out)
-    std::printf("%-22s %12.1f %7.1f%% %10.1f %10.4f %7.2f%% %10.3f %8.1f%%\n", r["config"].get<std::string>().c_str(),
+    std::printf("%-28s %12.1f %7.1f%% %10.1f %10.4f %7.2f%% %10.3f %8.1f%%\n", r["config"].get<std::string>().c_str(),
                 r["optimizer_state_bytes"].get<double>() / 1048576.0, 100.0 * r["optimizer_state_vs_adamw"].get<double>(),
                 r["peak_rss_bytes"].get<double>() / 1048576.0, r["loss_last_gap_mean"].get<double>(),
                 100.0 * r["loss_vs_adamw"].get<double>(), r["step_seconds_median"].get<double>(),
@@ -229,6 +238,8 @@ void register_bench_galore(CLI::App& bench_cmd) {
   sub->add_option("--gap", o->gap, "galore.update_proj_gap")->capture_default_str();
   sub->add_option("--seq-len", o->seq_len, "tokens per row T")->capture_default_str();
   sub->add_option("--micro-batch", o->micro_batch, "rows per step B")->capture_default_str();
+  sub->add_option("--grad-accum", o->grad_accum, "micro-batches per step (train.grad_accum)")->capture_default_str();
+  sub->add_flag("--per-layer", o->per_layer, "also run each GaLore configuration with galore.per_layer (grad_clip 0)");
   sub->add_option("--lr", o->lr, "learning rate (constant) of every optimizer")->capture_default_str();
   sub->add_flag("--json", o->json, "print JSON instead of a table");
   sub->add_option("--run-one", o->run_one, "internal: run one configuration in this process")->group("");

@@ -197,12 +197,23 @@ Plan make_plan(const Recipe& r, const PlanOptions& o) {
                         human((double)fm.grad_in_flight), " LoRA grads in flight");
     lora_note = str(L.total_train_shard(), " shard floats x 8 B (w, g)");
   } else {
-    for (const auto& u : L.units)
-      for (const auto& e : u.frozen) frozen += e.bytes;  // LlamaModel::load stores the unpadded parts
+    // LlamaModel::load stores the unpadded parts; a dense trainable keeps its compute copy there
+    // too (bf16, next to its fp32 master; a norm is fp32 and its own master)
+    size_t fp32_dense = 0, train_numel = 0;  // the tensors' own sizes (no buffer alignment)
+    for (const auto& u : L.units) {
+      for (const auto& e : u.frozen) frozen += e.bytes;
+      for (const TrainEntry& e : u.train) {
+        train_numel += e.numel;
+        if (!e.dense()) continue;
+        const bool fp32 = e.shape.size() == 1;
+        frozen += (fp32 ? 4 : 2) * e.numel;
+        if (fp32) fp32_dense += e.numel;
+      }
+    }
     gathered_note = "single process: whole model resident";
     frozen_note = "whole model (single process)";
-    lora_state = 8 * L.total_train_numel();
-    lora_note = str(L.total_train_numel(), " trainable x 8 B (w, g)");
+    lora_state = 8 * train_numel - 4 * fp32_dense;  // masters + grads; a norm has no master
+    lora_note = str(train_numel, " trainable x 8 B (master, grad; norms 4 B)");
     if (r.optim_name == "galore_adamw" && r.galore.per_layer) {
       // src/train/galore_per_layer.h: a block's linears hold a gradient only while that block
       // steps; with grad_accum > 1 a refresh step accumulates every full gradient (the peak), and
