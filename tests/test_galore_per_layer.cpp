@@ -192,6 +192,26 @@ TEST_F(GaloreLayerTest, PlanGradsRowIsTheMeasuredPeak) {
   }
 }
 
+// The shipped one-GPU recipe: Llama-3.1-8B full fine-tuning fits one 80 GB card with per-layer
+// updates and not without (the planner; its grads row is the measured peak above).
+TEST_F(GaloreLayerTest, ShippedRecipeFitsOneCardOnlyPerLayer) {
+  Recipe r = Recipe::load(std::string(FRUGAL_SOURCE_DIR) + "/recipes/llama3_1_8b_full_galore_per_layer_1x80gb.toml",
+                          {"model.preset=llama3.1-8b"});
+  ASSERT_TRUE(r.galore.per_layer);
+  PlanOptions o;
+  o.world = 1;
+  o.device_memory = 80.0 * (1 << 30);
+  o.host_memory = 64.0 * (1 << 30);
+  o.runtime_bytes = 32 << 20;
+  const Plan layer = make_plan(r, o);
+  r.galore.per_layer = false;
+  const Plan whole = make_plan(r, o);
+  std::printf("8B full GaLore on one card: per-layer %.2f GiB, whole-model step %.2f GiB\n",
+              layer.device_total / 1073741824.0, whole.device_total / 1073741824.0);
+  EXPECT_TRUE(layer.fits);
+  EXPECT_FALSE(whole.fits);
+}
+
 TEST_F(GaloreLayerTest, RecipeRefusesWhatPerLayerCannotDo) {
   auto error = [](Recipe r) {
     try {
