@@ -118,7 +118,9 @@ TEST_F(GaloreLayerTest, OneMicroBatchIsBitwiseTheWholeModelStep) {
   ASSERT_GE(c.num_hidden_layers, 2);
   EXPECT_EQ(t.layer_step()->peak_linear_grad_floats(), block_linear_floats(c));
   for (const ParamRef& p : t.params())
-    if (p.shape.size() == 2) EXPECT_EQ(p.g, nullptr) << p.name << " holds a gradient between steps";
+    if (p.shape.size() == 2) {
+      EXPECT_EQ(p.g, nullptr) << p.name << " holds a gradient between steps";
+    }
 }
 
 TEST_F(GaloreLayerTest, AccumulatedProjectionsMatchTheWholeModelStep) {
@@ -138,10 +140,12 @@ TEST_F(GaloreLayerTest, AccumulatedProjectionsMatchTheWholeModelStep) {
   for (int s = 0; s < layer.steps; s++) {
     if (s == 1 || s == 4) t.layer_step()->reset_peak();  // after a refresh step
     b.loss.push_back(t.train_step().loss);
-    if (s == 2 || s == 5)  // two steps between refreshes: one block at a time
+    if (s == 2 || s == 5) {  // two steps between refreshes: one block at a time
       EXPECT_EQ(t.layer_step()->peak_linear_grad_floats(), block_linear_floats(c)) << "steps to " << s;
-    if (s == 3)  // the refresh step: every block's full gradient is accumulated over 2 micro-batches
+    }
+    if (s == 3) {  // the refresh step: every block's full gradient is accumulated over 2 micro-batches
       EXPECT_EQ(t.layer_step()->peak_linear_grad_floats(), c.num_hidden_layers * block_linear_floats(c));
+    }
   }
   for (const ParamRef& p : t.params()) b.w.emplace_back(p.w, p.w + p.numel);
   // step 0 refreshes: the loss after it (step 1's) is bitwise the whole-model one

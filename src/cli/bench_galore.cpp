@@ -1,6 +1,6 @@
 // bench_galore.cpp: `frugal bench galore [--preset small] [--ranks 128,256] [--steps 20]
 // [--svd exact,randomized] [--gap 10] [--seq-len 128] [--micro-batch 2] [--grad-accum 1] [--per-layer]
-// [--lr 1e-3] [--json]`.
+// [--lr 1e-3] [--galore-lr 0] [--json]`.
 // Full fine-tuning (bf16 base, every decoder linear and the RMSNorm weights train) of a randomly
 // initialized preset on synthetic "patterns" data, the same data and seed for every optimizer:
 //   adamw                  the baseline (torch AdamW)
@@ -44,7 +44,7 @@ struct BenchGaloreOptions {
   std::vector<int> ranks = {128, 256};
   std::vector<std::string> svds = {"exact", "randomized"};
   int steps = 20, gap = 10, seq_len = 128, micro_batch = 2, grad_accum = 1;
-  float lr = 1e-3f;
+  float lr = 1e-3f, galore_lr = 0.f;  // galore_lr 0: lr
   bool json = false, per_layer = false;
   std::string run_one, model_dir;  // internal: the child's configuration and the shared model
 };
@@ -70,6 +70,7 @@ Recipe galore_bench_recipe(const BenchGaloreOptions& o, const std::string& confi
     r.galore.svd = svd;
     r.galore.update_proj_gap = o.gap;
     r.galore.scale = 0.25f;
+    if (o.galore_lr > 0.f) r.lr = o.galore_lr;
     if (got == 3) r.galore.per_layer = true, r.grad_clip = 0.f;  // per-layer steps cannot clip by the global norm
   }
   return r;
@@ -112,7 +113,7 @@ nlohmann::json spawn_one(const BenchGaloreOptions& o, const std::string& config)
   std::vector<std::string> args = {"/proc/self/exe", "bench", "galore", "--run-one", config, "--model-dir", o.model_dir,
                                    "--preset", o.preset, "--steps", std::to_string(o.steps), "--gap", std::to_string(o.gap),
                                    "--seq-len", std::to_string(o.seq_len), "--micro-batch", std::to_string(o.micro_batch), "--grad-accum", std::to_string(o.grad_accum),
-                                   "--lr", str(o.lr)};
+                                   "--lr", str(o.lr), "--galore-lr", str(o.galore_lr)};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -200,14 +201,14 @@ void run_bench_galore(BenchGaloreOptions o) {
   }
   if (o.json) {
     nlohmann::ordered_json j = {{"preset", o.preset}, {"steps", o.steps}, {"gap", o.gap}, {"seq_len", o.seq_len},
-                                {"micro_batch", o.micro_batch}, {"lr", o.lr}, {"trainable_floats", res[0]["trainable_floats"]},
+                                {"micro_batch", o.micro_batch}, {"lr", o.lr}, {"galore_lr", o.galore_lr > 0 ? o.galore_lr : o.lr}, {"trainable_floats", res[0]["trainable_floats"]},
                                 {"results", out}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("frugal bench galore: %s full fine-tuning (%.1fM trainable), B=%d T=%d, %d steps, refresh every %d, lr %g\n",
+  std::printf("frugal bench galore: %s full fine-tuning (%.1fM trainable), B=%d T=%d, %d steps, refresh every %d, lr %g (GaLore %g)\n",
               o.preset.c_str(), res[0]["trainable_floats"].get<double>() / 1e6, o.micro_batch, o.seq_len, o.steps, o.gap,
-              (double)o.lr);
+              (double)o.lr, (double)(o.galore_lr > 0 ? o.galore_lr : o.lr));
   std::printf("%-28s %12s %8s %10s %10s %8s %10s %9s\n", "optimizer", "state MB", "vs AdamW", "peak RSS MB",
               "loss", "vs AdamW", "step s", "refresh %");
   for (const auto& r : out)
@@ -241,6 +242,7 @@ void register_bench_galore(CLI::App& bench_cmd) {
   sub->add_option("--grad-accum", o->grad_accum, "micro-batches per step (train.grad_accum)")->capture_default_str();
   sub->add_flag("--per-layer", o->per_layer, "also run each GaLore configuration with galore.per_layer (grad_clip 0)");
   sub->add_option("--lr", o->lr, "learning rate (constant) of every optimizer")->capture_default_str();
+  sub->add_option("--galore-lr", o->galore_lr, "learning rate of the GaLore configurations (0: --lr)")->capture_default_str();
   sub->add_flag("--json", o->json, "print JSON instead of a table");
   sub->add_option("--run-one", o->run_one, "internal: run one configuration in this process")->group("");
   sub->add_option("--model-dir", o->model_dir, "internal: the model of --run-one")->group("");

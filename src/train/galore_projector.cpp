@@ -24,24 +24,19 @@ ProjSide galore_side(const std::string& t, int64_t m, int64_t n) {
 
 LowRankPart galore_low_rank_part(ProjSide side, int r, const MatrixSplit& s, int world) {
   LowRankPart p;
-  const size_t R = (size_t)r, n = (size_t)s.n;
-  if (side == ProjSide::Right) {
-    p.shape = {s.m, r};
-    p.begin = s.empty() ? 0 : (size_t)s.row0() * R;
-    p.end = s.empty() ? 0 : (size_t)s.row1() * R;
-    // a row is written by the rank holding its first element: rows [ceil(begin/n), ceil(end/n))
-    p.write_begin = s.empty() ? 0 : ((s.begin() + n - 1) / n) * R;
-    p.write_end = s.empty() ? 0 : ((s.end() + n - 1) / n) * R;
-  } else if (side == ProjSide::Left) {
-    p.shape = {r, s.n};
-    const size_t total = R * n, c = (total + world - 1) / world;
-    p.begin = p.write_begin = std::min((size_t)s.rank * c, total);
-    p.end = p.write_end = std::min((size_t)(s.rank + 1) * c, total);
-  } else {
+  const size_t R = (size_t)r;
+  if (side == ProjSide::Full) {
     p.shape = {r, r};
     p.begin = 0, p.end = R * R;
     p.write_begin = 0, p.write_end = s.rank == 0 ? R * R : 0;
+    return p;
   }
+  // Right [m, r], Left [r, n]: the flat chunk c = ceil(size / W) of every rank (reduce-scattered),
+  // so the moments are 1/W on every rank whichever tensors its gradient elements belong to
+  p.shape = side == ProjSide::Right ? std::vector<int64_t>{s.m, r} : std::vector<int64_t>{r, s.n};
+  const size_t total = (size_t)p.shape[0] * p.shape[1], c = (total + world - 1) / world;
+  p.begin = p.write_begin = std::min((size_t)s.rank * c, total);
+  p.end = p.write_end = std::min((size_t)(s.rank + 1) * c, total);
   return p;
 }
 
@@ -215,9 +210,14 @@ void galore_project(const GaloreProjector& p, const MatrixSplit& s, const float*
   const LocalBlock blk = local_block(s, g);
   const float* gl = blk.data;  // Gl: [rows, n]
   if (p.side == ProjSide::Right) {
-    // lo [rows, r] = Gl·Pᵀ, P = right [r, n]; split rows: partial sums combined
-    gemm(be, false, true, rows, r, n, gl, n, right_all(p, s), n, 0.f, lo, r);
-    sum_split_rows(s, lo, r, comm);
+    // G·Pᵀ [m, r] = this rank's rows Gl·Pᵀ (P = right [r, n]) at rows row0.., zeros elsewhere,
+    // summed over ranks (split rows: partial sums) and reduce-scattered into the parts
+    const size_t total = (size_t)s.m * r, c = (total + W - 1) / W;
+    std::vector<float> partial(c * W, 0.f), mine(c);  // partial: [m, r] then zero padding
+    if (!s.empty())
+      gemm(be, false, true, rows, r, n, gl, n, right_all(p, s), n, 0.f, partial.data() + (size_t)s.row0() * r, r);
+    comm.reduce_scatter(std::span<const float>(partial), std::span<float>(mine));
+    std::copy_n(mine.begin(), galore_low_rank_part(ProjSide::Right, r, s, W).size(), lo);
   } else if (p.side == ProjSide::Left) {
     // Pᵀ·G [r, n] = Σ_ranks left_rowsᵀ·Gl, reduce-scattered into the parts of c = ceil(r·n / W)
     const size_t total = (size_t)r * n, c = (total + W - 1) / W;
@@ -239,8 +239,13 @@ void galore_project_back_add(const GaloreProjector& p, const MatrixSplit& s, con
   const int r = p.r, n = (int)s.n, rows = (int)local_rows(s), W = comm.world();
   std::vector<float> back((size_t)rows * n);  // this rank's rows of the projected-back update [rows, n]
   if (p.side == ProjSide::Right) {
-    // N [rows, r] · P [r, n] (split rows of N are complete on every sharer)
-    gemm(be, false, false, rows, n, r, n_lo, r, right_all(p, s), n, 0.f, back.data(), n);
+    // N [m, r] all-gathered from the parts; this rank's rows N[row0:row1] · P [r, n]
+    const size_t total = (size_t)s.m * r, c = (total + W - 1) / W;
+    std::vector<float> mine(c, 0.f), all(c * W);
+    std::copy_n(n_lo, galore_low_rank_part(ProjSide::Right, r, s, W).size(), mine.begin());
+    comm.all_gather(std::span<const float>(mine), std::span<float>(all));
+    if (!s.empty())
+      gemm(be, false, false, rows, n, r, all.data() + (size_t)s.row0() * r, r, right_all(p, s), n, 0.f, back.data(), n);
   } else if (p.side == ProjSide::Left) {
     // left_rows [rows, r] · N [r, n], N all-gathered from the parts of c = ceil(r·n / W)
     const size_t total = (size_t)r * n, c = (total + W - 1) / W;

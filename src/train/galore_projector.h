@@ -87,8 +87,9 @@ void galore_acquire(GaloreProjector& p, const MatrixSplit& s, Communicator& comm
 void galore_release(GaloreProjector& p);
 
 // The projected gradient's (and the moments') shape and this rank's part of it:
-//   Right: [m, r], rows row0..row1 (split rows held complete by every rank that shares them;
-//          written by the rank that holds the row's first element)
+//   Right: [m, r], the flat range [rank·c, min((rank+1)·c, m·r)), c = ceil(m·r / W): the local
+//          rows' Gl·Pᵀ are reduce-scattered there (and N all-gathered back), so the moments are
+//          1/W per rank whichever rows of which tensors a rank's shard holds
 //   Left:  [r, n], the flat range [rank·c, min((rank+1)·c, r·n)), c = ceil(r·n / W) (reduce-scattered)
 //   Full:  [r, r], replicated on every rank (written by rank 0)
 struct LowRankPart {
