@@ -145,24 +145,26 @@ TEST(GaloreProjectorSharded, RandomizedEqualsSingleProcess) {
       if (!got.ok) continue;  // the same on every rank (the zero test is an all-reduce)
       double dp = 0, dlo = 0, dw = 0;
       if (side != ProjSide::Left) dp = std::max(dp, max_abs_diff(got.p.right_all.data(), ref.p.right_all.data(), (size_t)r * n));
-      if (side != ProjSide::Right && !s.empty())
-        dp = std::max(dp, max_abs_diff(got.p.left.data(), ref.p.left.data() + s.row0() * r, got.p.left.size()));
+      if (side != ProjSide::Right) dp = std::max(dp, max_abs_diff(got.p.left_all.data(), ref.p.left_all.data(), (size_t)m * r));
       dlo = max_abs_diff(got.lo.data(), ref.lo.data() + got.part.begin, got.part.size()) / K.sigma[0];
       for (size_t e = 0; e < got.w.size(); e++)
         dw = std::max(dw, std::fabs((double)got.w[e] - ref.w[s.begin() + e]) / (std::fabs(alpha) * nscale));
       const bool fin = finite(got.lo) && finite(got.w) && finite(std::vector<float>(got.p.right_all.begin(), got.p.right_all.end())) &&
-                       finite(std::vector<float>(got.p.left.begin(), got.p.left.end()));
-      // the right projector is kept as this rank's flat slice (1/W of [r, n]) of the whole one
-      bool slice_ok = true;
+                       finite(std::vector<float>(got.p.left_all.begin(), got.p.left_all.end()));
+      // each projector is kept as this rank's flat slice (1/W of [r, n] / [m, r]) of the whole one
+      auto slice_ok = [&](const avector<float>& slice, const avector<float>& whole, size_t all) {
+        const size_t c = (all + W - 1) / W, b = std::min((size_t)rank * c, all);
+        return slice.size() == std::min(b + c, all) - b && std::equal(slice.begin(), slice.end(), whole.begin() + b);
+      };
       if (side != ProjSide::Left) {
-        const size_t all = (size_t)r * n, c = (all + W - 1) / W, b = std::min((size_t)rank * c, all);
-        slice_ok = got.p.right.size() == std::min(b + c, all) - b &&
-                   std::equal(got.p.right.begin(), got.p.right.end(), got.p.right_all.begin() + b);
+        EXPECT_ALL_RANKS(slice_ok(got.p.right, got.p.right_all, (size_t)r * n),
+                         side_name(side) << " " << pattern << ": right projector slice of " << got.p.right.size());
       }
-      EXPECT_ALL_RANKS(slice_ok, side_name(side) << " " << pattern << ": right projector slice of " << got.p.right.size());
-      const size_t want_left = side == ProjSide::Right ? 0 : (size_t)((s.row1() - s.row0()) * r);
-      EXPECT_ALL_RANKS(got.p.left.size() == want_left && got.p.r == r, side_name(side) << " " << pattern << ": left "
-                       << got.p.left.size() << " expected " << want_left);
+      if (side != ProjSide::Right) {
+        EXPECT_ALL_RANKS(slice_ok(got.p.left, got.p.left_all, (size_t)m * r),
+                         side_name(side) << " " << pattern << ": left projector slice of " << got.p.left.size());
+      }
+      EXPECT_ALL_RANKS(got.p.r == r, side_name(side) << " " << pattern << ": rank " << got.p.r);
       EXPECT_ALL_RANKS(fin && dp <= tolP, side_name(side) << " " << pattern << ": projector max diff " << dp << " > " << tolP);
       EXPECT_ALL_RANKS(fin && dlo <= factors * tolP + eps,
                        side_name(side) << " " << pattern << ": projected max diff/σ0 " << dlo << " > " << factors * tolP + eps);

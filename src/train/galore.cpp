@@ -145,6 +145,7 @@ void GaloreAdamW::project_grad(const ParamRef& p, float* lo) {
   FRUGAL_CHECK(s.target && s.proj.valid(), "GaLore-AdamW: project_grad of ", p.name, " without a projector");
   galore_acquire(s.proj, s.split, *comm_);
   galore_project(s.proj, s.split, p.g, lo, *comm_, *be_);
+  galore_release(s.proj);  // the micro-batches of a step would otherwise hold every whole projector
 }
 
 void GaloreAdamW::step_param(const ParamRef& p, float lr, const float* lo_given) {

@@ -42,20 +42,14 @@ LowRankPart galore_low_rank_part(ProjSide side, int r, const MatrixSplit& s, int
 
 std::vector<ProjectorPart> galore_projector_parts(ProjSide side, int r, const MatrixSplit& s) {
   std::vector<ProjectorPart> out;
-  const size_t R = (size_t)r, n = (size_t)s.n;
-  if (side != ProjSide::Left) {  // [r, n]: a flat 1/W slice per rank (all-gathered while used)
-    const size_t all = R * n, W = s.cuts.size() - 1, c = (all + W - 1) / W;
+  const size_t W = s.cuts.size() - 1;
+  auto slice = [&](const char* state, int64_t rows, int64_t cols) {  // a flat 1/W slice per rank
+    const size_t all = (size_t)(rows * cols), c = (all + W - 1) / W;
     const size_t b = std::min((size_t)s.rank * c, all), e = std::min(b + c, all);
-    out.push_back({"proj_right", {r, s.n}, b, e, b, e});
-  }
-  if (side != ProjSide::Right) {  // [m, r], rows row0..row1; a row written by its first element's rank
-    ProjectorPart p{"proj_left", {s.m, r}, 0, 0, 0, 0};
-    if (!s.empty()) {
-      p.begin = (size_t)s.row0() * R, p.end = (size_t)s.row1() * R;
-      p.write_begin = ((s.begin() + n - 1) / n) * R, p.write_end = ((s.end() + n - 1) / n) * R;
-    }
-    out.push_back(p);
-  }
+    out.push_back({state, {rows, cols}, b, e, b, e});
+  };
+  if (side != ProjSide::Left) slice("proj_right", r, s.n);
+  if (side != ProjSide::Right) slice("proj_left", s.m, r);
   return out;
 }
 
@@ -69,17 +63,25 @@ void galore_projector_alloc(GaloreProjector& p, ProjSide side, int r, const Matr
     (q.state[5] == 'r' ? p.right : p.left).assign(q.end - q.begin, 0.f);
 }
 
-void galore_acquire(GaloreProjector& p, const MatrixSplit& s, Communicator& comm) {
-  if (p.side == ProjSide::Left) return;
-  const size_t all = (size_t)p.r * s.n, W = (size_t)comm.world(), c = (all + W - 1) / W;
-  if (p.right_all.size() == c * W) return;  // there already (this step's refresh)
-  std::vector<float> mine(c, 0.f);           // the slice, zero-padded to c
-  std::copy(p.right.begin(), p.right.end(), mine.begin());
-  p.right_all.resize(c * W);
-  comm.all_gather(std::span<const float>(mine), std::span<float>(p.right_all.data(), c * W));
+// all: the whole [size] projector of which `slice` is this rank's part (galore_projector_parts)
+static void gather_slices(const avector<float>& slice, size_t size, Communicator& comm, avector<float>& all) {
+  const size_t W = (size_t)comm.world(), c = (size + W - 1) / W;
+  if (all.size() == c * W) return;  // there already (this step's refresh)
+  std::vector<float> mine(c, 0.f);   // the slice, zero-padded to c
+  std::copy(slice.begin(), slice.end(), mine.begin());
+  all.resize(c * W);
+  comm.all_gather(std::span<const float>(mine), std::span<float>(all.data(), c * W));
 }
 
-void galore_release(GaloreProjector& p) { avector<float>().swap(p.right_all); }
+void galore_acquire(GaloreProjector& p, const MatrixSplit& s, Communicator& comm) {
+  if (p.side != ProjSide::Left) gather_slices(p.right, (size_t)p.r * s.n, comm, p.right_all);
+  if (p.side != ProjSide::Right) gather_slices(p.left, (size_t)s.m * p.r, comm, p.left_all);
+}
+
+void galore_release(GaloreProjector& p) {
+  avector<float>().swap(p.right_all);
+  avector<float>().swap(p.left_all);
+}
 
 namespace galore_detail {
 
@@ -88,6 +90,13 @@ static const float* right_all(const GaloreProjector& p, const MatrixSplit& s) {
   FRUGAL_CHECK(p.right_all.size() >= (size_t)p.r * s.n, "galore: the right projector [", p.r, ", ", s.n,
                "] is not gathered (galore_acquire before project)");
   return p.right_all.data();
+}
+
+// This rank's rows U[row0:row1, :r] of the whole left projector: galore_acquire must have run.
+static const float* left_rows(const GaloreProjector& p, const MatrixSplit& s) {
+  FRUGAL_CHECK(p.left_all.size() >= (size_t)s.m * p.r, "galore: the left projector [", s.m, ", ", p.r,
+               "] is not gathered (galore_acquire before project)");
+  return p.left_all.data() + (size_t)s.row0() * p.r;
 }
 
 LocalBlock local_block(const MatrixSplit& s, const float* g) {
@@ -200,7 +209,22 @@ bool galore_refresh(GaloreProjector& p, ProjSide side, const MatrixSplit& s, con
     vt.resize(c * W, 0.f);
     p.right_all.assign(vt.begin(), vt.end());
   }
-  if (side != ProjSide::Right) std::copy(u.begin(), u.end(), p.left.begin());
+  if (side != ProjSide::Right) {
+    // the whole U [m, r]: each row from the rank holding its first element (a split row is
+    // complete on every sharer), summed; keep this rank's slice, the whole one for this step
+    const size_t W = (size_t)comm.world(), R = (size_t)r, n = (size_t)s.n, all = (size_t)s.m * R;
+    const size_t c = (all + W - 1) / W;
+    std::vector<float> whole(c * W, 0.f);
+    if (!s.empty()) {
+      const size_t first = (s.begin() + n - 1) / n, last = (s.end() + n - 1) / n;  // rows written here
+      std::copy(u.begin() + (first - (size_t)s.row0()) * R, u.begin() + (last - (size_t)s.row0()) * R,
+                whole.begin() + first * R);
+    }
+    comm.all_reduce(std::span<float>(whole));
+    const ProjectorPart q = galore_projector_parts(side, r, s).back();
+    std::copy(whole.begin() + q.begin, whole.begin() + q.end, p.left.begin());
+    p.left_all.assign(whole.begin(), whole.end());
+  }
   return true;
 }
 
@@ -222,14 +246,14 @@ void galore_project(const GaloreProjector& p, const MatrixSplit& s, const float*
     // Pᵀ·G [r, n] = Σ_ranks left_rowsᵀ·Gl, reduce-scattered into the parts of c = ceil(r·n / W)
     const size_t total = (size_t)r * n, c = (total + W - 1) / W;
     std::vector<float> partial(c * W, 0.f), mine(c);  // partial: [r, n] then zero padding
-    gemm(be, true, false, r, n, rows, p.left.data(), r, gl, n, 0.f, partial.data(), n);
+    gemm(be, true, false, r, n, rows, left_rows(p, s), r, gl, n, 0.f, partial.data(), n);
     comm.reduce_scatter(std::span<const float>(partial), std::span<float>(mine));
     std::copy_n(mine.begin(), galore_low_rank_part(ProjSide::Left, r, s, W).size(), lo);
   } else {
     // lo [r, r] = Uᵀ·(G·Vᵀ) = Σ_ranks left_rowsᵀ·(Gl·Vᵀ): linear in the partial rows, one all-reduce
     std::vector<float> t((size_t)rows * r);  // [rows, r]
     gemm(be, false, true, rows, r, n, gl, n, right_all(p, s), n, 0.f, t.data(), r);
-    gemm(be, true, false, r, r, rows, p.left.data(), r, t.data(), r, 0.f, lo, r);
+    gemm(be, true, false, r, r, rows, left_rows(p, s), r, t.data(), r, 0.f, lo, r);
     comm.all_reduce(std::span<float>(lo, (size_t)r * r));
   }
 }
@@ -252,12 +276,12 @@ void galore_project_back_add(const GaloreProjector& p, const MatrixSplit& s, con
     std::vector<float> mine(c, 0.f), all(c * W);
     std::copy_n(n_lo, galore_low_rank_part(ProjSide::Left, r, s, W).size(), mine.begin());
     comm.all_gather(std::span<const float>(mine), std::span<float>(all));
-    gemm(be, false, false, rows, n, r, p.left.data(), r, all.data(), n, 0.f, back.data(), n);
+    gemm(be, false, false, rows, n, r, left_rows(p, s), r, all.data(), n, 0.f, back.data(), n);
   } else {
     // left_rows [rows, r] · (N [r, r] · Vh [r, n]), N replicated
     std::vector<float> t((size_t)r * n);  // [r, n]
     gemm(be, false, false, r, n, r, n_lo, r, right_all(p, s), n, 0.f, t.data(), n);
-    gemm(be, false, false, rows, n, r, p.left.data(), r, t.data(), n, 0.f, back.data(), n);
+    gemm(be, false, false, rows, n, r, left_rows(p, s), r, t.data(), n, 0.f, back.data(), n);
   }
   if (s.empty()) return;
   const float* b = back.data() + (s.begin() - (size_t)s.row0() * n);  // this rank's first element

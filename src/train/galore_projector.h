@@ -8,7 +8,7 @@
 //
 // Sides (r = min(rank, m, n)):
 //   Right: P = Vh[:r]    [r, n]  a flat 1/W slice per rank, all-gathered while used; G_lo = G·Pᵀ  [m, r]
-//   Left:  P = U[:, :r]  [m, r]  rows row0..row1 of this rank;                  G_lo = Pᵀ·G  [r, n]
+//   Left:  P = U[:, :r]  [m, r]  a flat 1/W slice per rank, all-gathered while used; G_lo = Pᵀ·G  [r, n]
 //   Full:  both;                                                               G_lo = Uᵀ·G·Vhᵀ [r, r]
 // Sign convention (exact and randomized, and scripts/gen_galore_fixture.py): each singular pair
 // (u_k, v_k) is flipped together so that the largest-|.| component of v_k (lowest index on a tie)
@@ -75,13 +75,14 @@ struct GaloreProjector {
   ProjSide side = ProjSide::Right;
   int r = 0;                    // effective rank (0 until the first refresh)
   avector<float> right;         // Right, Full: this rank's flat slice of Vh[:r] [r, n] (galore_projector_parts)
-  avector<float> left;          // Left, Full:  U[row0:row1, :r] [row1 - row0, r]
+  avector<float> left;          // Left, Full:  this rank's flat slice of U[:, :r] [m, r]
   avector<float> right_all;     // transient: the whole Vh[:r] [r, n] while a step uses it (galore_acquire)
+  avector<float> left_all;      // transient: the whole U[:, :r] [m, r] while a step uses it
   bool valid() const { return r > 0; }
 };
 
-// Makes p.right_all the whole right projector (Right, Full): an all-gather of the ranks' slices
-// (r·n floats), nothing when it is there already (a refresh leaves it). Collective.
+// Makes p.right_all / p.left_all the whole projector (r·n / m·r floats): an all-gather of the
+// ranks' slices, nothing when it is there already (a refresh leaves it). Collective.
 // galore_project and galore_project_back_add need it; galore_release frees it.
 void galore_acquire(GaloreProjector& p, const MatrixSplit& s, Communicator& comm);
 void galore_release(GaloreProjector& p);
@@ -99,9 +100,9 @@ struct LowRankPart {
 };
 LowRankPart galore_low_rank_part(ProjSide side, int r, const MatrixSplit& s, int world);
 
-// The projector's state parts as stored in a checkpoint ("proj_right" [r, n]: the flat range
-// [rank·c, (rank+1)·c) with c = ceil(r·n / W), held and written by that rank; "proj_left" [m, r]),
-// this rank's range and write range, in that order (those of the side).
+// The projector's state parts as stored in a checkpoint: "proj_right" [r, n] and "proj_left"
+// [m, r] (those of the side, in that order), each a flat 1/W slice [rank·c, (rank+1)·c) with
+// c = ceil(size / W), held and written by that rank.
 struct ProjectorPart {
   const char* state;
   std::vector<int64_t> shape;
