@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <exception>
 
 namespace frugal {
 
@@ -67,8 +68,13 @@ struct GaloreAdamW::TensorState {
   // ("galore_pending" [1]): a projector loaded with it is only used when it was computed.
   float pending = 1.f;
   int64_t step = -1;              // galore_torch's state["step"]; -1: not known yet (take t())
+  int64_t refreshed_for = -1;     // the step whose refresh ran (refresh_projectors), so not again
   avector<float> m, v;            // [part.size()] for targets, [this rank's elements] otherwise
 };
+
+bool GaloreAdamW::refresh_due(const TensorState& s) const {
+  return (s.pending != 0.f || !s.proj.valid() || s.step % gc_.update_proj_gap == 0) && s.refreshed_for != s.step;
+}
 
 GaloreAdamW::GaloreAdamW(const AdamWConfig& adamw, const GaloreConfig& g, Communicator& comm, uint64_t seed,
                          Backend& be)
@@ -115,7 +121,47 @@ std::vector<OptimStateTensor> GaloreAdamW::state(const std::string& param) {
 
 void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
   begin_step();
+  refresh_projectors(params);
   for (const ParamRef& p : params) step_param(p, lr);
+}
+
+void GaloreAdamW::refresh_projectors(const std::vector<ParamRef>& params) {
+  if (comm_->backend() != "self") return;  // sharded: collectives, taken in order by step_param
+  std::vector<ParamPiece> tvs;
+  std::vector<const float*> gs;
+  std::vector<TensorState*> ss;
+  for (const ParamRef& p : params) {
+    if (!p.g) continue;
+    for (const ParamPiece& tv : param_pieces(p)) {
+      TensorState& s = state_of(tv);
+      if (s.step < 0) s.step = t_before_;
+      if (!s.target || !refresh_due(s)) continue;
+      tvs.push_back(tv), gs.push_back(p.g + tv.offset), ss.push_back(&s);
+    }
+  }
+  if (ss.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  const ProjectorOptions po{gc_.rank, gc_.svd, gc_.oversample, gc_.power_iters, seed_};
+  std::vector<char> ok(ss.size(), 0);
+  std::exception_ptr err;
+  // one tensor per thread; inside, oneDNN and LAPACK run single-threaded (no nested parallelism),
+  // so a projector does not depend on the thread count or on which tensors share the loop
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < ss.size(); i++) {
+    try {
+      ok[i] = galore_refresh(ss[i]->proj, ss[i]->side, ss[i]->split, gs[i], po, tvs[i].name, ss[i]->step, *comm_, *be_);
+    } catch (...) {
+#pragma omp critical(galore_refresh_error)
+      if (!err) err = std::current_exception();
+    }
+  }
+  if (err) std::rethrow_exception(err);
+  for (size_t i = 0; i < ss.size(); i++) {
+    ss[i]->pending = ok[i] ? 0.f : 1.f;  // a zero gradient: retried at the next step
+    ss[i]->refreshed_for = ss[i]->step;
+    stats_.refreshes += ok[i];
+  }
+  stats_.refresh_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void GaloreAdamW::begin_step() {
@@ -179,7 +225,7 @@ void GaloreAdamW::step_param(const ParamRef& p, float lr, const float* lo_given)
       galore_acquire(s.proj, s.split, *comm_);  // project_back needs the whole right projector
       gm = lo_given;
     } else if (s.target) {
-      if (s.pending != 0.f || !s.proj.valid() || s.step % gc_.update_proj_gap == 0) {
+      if (refresh_due(s)) {  // not done by refresh_projectors
         const auto r0 = clock::now();
         const bool ok = galore_refresh(s.proj, s.side, s.split, g, po, tv.name, s.step, *comm_, *be_);
         s.pending = ok ? 0.f : 1.f;

@@ -68,6 +68,10 @@ class GaloreAdamW : public Optimizer {
   // lo (nullable; a whole param only): its projected gradient (project_grad, summed over the
   // micro-batches), used instead of projecting p.g, on a step where needs_full_grad(p) is false.
   void begin_step();
+  // One process: computes, in parallel over tensors, every projector of params that this step
+  // refreshes, so that step_param finds them done (the refresh is most of GaLore's cost; one
+  // LAPACK SVD per thread). Sharded: nothing (refreshes are collectives, in step_param's order).
+  void refresh_projectors(const std::vector<ParamRef>& params);
   void step_param(const ParamRef& p, float lr, const float* lo = nullptr);
   // Does the coming step need p's full gradient: not a target, or a target whose projector is
   // refreshed at it (from the gradient)? Call before begin_step.
@@ -87,6 +91,7 @@ class GaloreAdamW : public Optimizer {
 
   // Bytes of optimizer state this rank holds (moments, projectors), for the planner and the bench.
   size_t state_bytes() const;
+
   const GaloreStats& stats() const { return stats_; }
   void reset_stats() { stats_ = GaloreStats{}; }
   const GaloreConfig& config() const { return gc_; }
@@ -94,6 +99,7 @@ class GaloreAdamW : public Optimizer {
  private:
   struct TensorState;
   TensorState& state_of(const ParamPiece& t);
+  bool refresh_due(const TensorState& s) const;  // this step refreshes s's projector, not done yet
   AdamWConfig cfg_;
   GaloreConfig gc_;
   Communicator* comm_;

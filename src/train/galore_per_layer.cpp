@@ -49,7 +49,9 @@ void GaloreLayerStep::block_grads_done(int layer) {
   FRUGAL_CHECK(micro_ >= 0, "GaloreLayerStep: a backward outside a step (next_micro_batch not called)");
   note_grad_floats();
   const bool last = micro_ == micro_batches_ - 1;
-  for (const ParamRef& p : m_->block_params(layer)) {
+  const std::vector<ParamRef> params = m_->block_params(layer);
+  if (last) opt_->refresh_projectors(params);  // the block's due refreshes, in parallel
+  for (const ParamRef& p : params) {
     const bool full = full_.count(p.name) != 0;
     if (full || micro_batches_ == 1) {
       // the whole gradient is there (or will be, at the last micro-batch): the ordinary step
