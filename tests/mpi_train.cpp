@@ -366,6 +366,65 @@ TEST(ShardedTraining, GaloreMatchesSingleProcess) {
   if (test::world().rank() == 0) fs::remove_all(base);
 }
 
+// GaLore with galore.moments = "int8" under FSDP (full fine-tuning at rank 32, so every projected
+// moment tensor has >= 4096 elements and is 8-bit). The 8-bit blocks follow each moment tensor's
+// global index, but a rank keeps the ragged ends of its range in fp32, so the sharded run differs
+// from the single-process int8 run (its truth) by the quantization of those few blocks plus the
+// summation order. Bound, measured here: 3x the larger of the int8 reference's noise floor
+// (reference_with_floor) and the single-process int8-vs-fp32 difference (the quantization of ALL
+// blocks), which must be real (> 0). Then a same-W resume of the sharded int8 run is bit for bit,
+// and each rank's state is the planner's formula.
+TEST(ShardedTraining, GaloreInt8MatchesSingleProcessAndResumesExactly) {
+  const std::string base = shared_dir("galore_int8");
+  const std::string model = make_model(base);
+  auto recipe = [&](const std::string& out, const std::string& moments) {
+    Recipe r = galore_recipe(model, out, GaloreCase::Full);
+    r.galore.rank = 32;
+    r.galore.moments = moments;
+    return r;
+  };
+  Reference want = reference_with_floor([&](const std::string& out) { return recipe(out, "int8"); }, base + "/ref8", 4);
+  const RunResult fp32 = single_process([&](const std::string& out) { return recipe(out, "fp32"); }, base + "/ref32", 4);
+  const Diff q = diff(fp32, want.run);
+  EXPECT_ALL_RANKS(q.same_shape && q.loss > 0 && q.lora > 0, "int8 moments changed nothing against fp32");
+  const std::string ck = base + "/sharded/mid.h5";
+  Trainer t(recipe(base + "/sharded", "int8"), &test::world());
+  t.verbose = false;
+  RunResult got;
+  while (t.step() < 4) {
+    got.losses.push_back(t.train_step().loss);
+    if (t.step() == 2) t.save(ck);
+  }
+  got.lora = t.gather_lora();
+  const Diff d = diff(got, want.run);
+  const double bl = 3 * std::max(want.floor.loss, q.loss), ba = 3 * std::max(want.floor.lora, q.lora);
+  EXPECT_ALL_RANKS(d.same_shape, "different number of steps or tensors");
+  EXPECT_ALL_RANKS(d.loss <= bl, "int8 sharded vs single: loss differs by " << d.loss << ", bound " << bl);
+  EXPECT_ALL_RANKS(d.lora <= ba, "int8 sharded vs single: tensors differ by " << d.lora << " (relative L2), bound " << ba);
+  if (test::world().rank() == 0)
+    std::fprintf(stderr, "[W=%d] GaLore int8 sharded vs single-process int8: loss %.3g, tensors %.3g; bounds from floor "
+                 "%.3g / %.3g and int8-vs-fp32 %.3g / %.3g\n", test::world().world(), d.loss, d.lora, want.floor.loss,
+                 want.floor.lora, q.loss, q.lora);
+  const auto* g = dynamic_cast<const GaloreAdamW*>(&t.optimizer());
+  size_t formula = 0;
+  for (const ParamRef& p : t.params())
+    for (const ParamPiece& pc : param_pieces(p))
+      formula += galore_held_state_bytes(t.recipe().galore, pc, test::world().world(), test::world().rank());
+  EXPECT_ALL_RANKS(g && g->state_bytes() == formula,
+                   "GaLore int8 state bytes " << (g ? g->state_bytes() : 0) << ", formula " << formula);
+  // same-W resume from the checkpoint after step 2 (refreshes at 0 and 3: step 2 uses the loaded
+  // projector and moments, step 3 refreshes)
+  Trainer t2(recipe(base + "/resumed", "int8"), &test::world());
+  t2.verbose = false;
+  t2.resume(ck);
+  const RunResult part = run(t2, 4);
+  EXPECT_ALL_RANKS(same_bits(part.lora, got.lora), "int8 resumed tensors are not bitwise those of the uninterrupted run");
+  EXPECT_ALL_RANKS(part.losses.size() == 2 && part.losses[0] == got.losses[2] && part.losses[1] == got.losses[3],
+                   "int8 resumed losses differ from the uninterrupted run's");
+  test::world().barrier();
+  if (test::world().rank() == 0) fs::remove_all(base);
+}
+
 TEST(CrossWorld, Save) {
   const char* d = std::getenv("FRUGAL_XW_DIR");
   if (!d) GTEST_SKIP() << "FRUGAL_XW_DIR not set (run by ctest as a fixture)";
