@@ -136,6 +136,34 @@ void expect_resume_exact(const Recipe& r, int at, const std::string& out2) {
   EXPECT_TRUE(std::isfinite(full.back()));
 }
 
+// The learning run of the loss comparisons: 24 steps on 16 repeating pattern samples (`data`),
+// 4 rows per step, constant lr 3e-3, refreshes every 4. Returns the first loss, the mean of the
+// last 4 (one refresh period) and the optimizer's state bytes at the end.
+struct LearnRun {
+  double first = 0, tail = 0;
+  size_t state_bytes = 0;
+};
+LearnRun learn_patterns(Recipe r, const std::string& data) {
+  r.data_path = data;
+  r.data_synthetic = "";
+  r.steps = 24;
+  r.micro_batch = 4;
+  r.grad_accum = 1;
+  r.lr = 3e-3f;
+  r.lr_schedule = "constant";
+  r.galore.update_proj_gap = 4;
+  Trainer t(r);
+  t.verbose = false;
+  LearnRun out;
+  for (int s = 0; s < r.steps; s++) {
+    const double l = t.train_step().loss;
+    if (s == 0) out.first = l;
+    if (s >= r.steps - 4) out.tail += l / 4;  // mean of the last period
+  }
+  out.state_bytes = dynamic_cast<const GaloreAdamW&>(t.optimizer()).state_bytes();
+  return out;
+}
+
 }  // namespace
 
 // (a) refreshes at steps 0, 2, 4; the checkpoint after step 3 sits between two of them, so the
@@ -311,24 +339,9 @@ TEST_F(GaloreTrainTest, RandomizedLossWithinOnePercentOfExact) {
   double last[2] = {0, 0}, first = 0;
   for (int k = 0; k < 2; k++) {
     Recipe r = full_ft(k ? "rand" : "exact");
-    r.data_path = data;
-    r.data_synthetic = "";
-    r.steps = 24;
-    r.micro_batch = 4;
-    r.grad_accum = 1;
-    r.lr = 3e-3f;
-    r.lr_schedule = "constant";
-    r.galore.update_proj_gap = 4;
     r.galore.svd = k ? "randomized" : "exact";
-    Trainer t(r);
-    t.verbose = false;
-    double tail = 0;
-    for (int s = 0; s < r.steps; s++) {
-      const double l = t.train_step().loss;
-      if (s == 0) first = l;
-      if (s >= r.steps - 4) tail += l / 4;  // mean of the last period
-    }
-    last[k] = tail;
+    const LearnRun lr = learn_patterns(r, data);
+    first = lr.first, last[k] = lr.tail;
   }
   std::printf("loss %.5f at step 0; mean of steps 20-23: exact %.5f, randomized %.5f (%.3f%%)\n", first, last[0], last[1],
               100.0 * std::fabs(last[1] - last[0]) / last[0]);
@@ -410,25 +423,8 @@ TEST_F(GaloreTrainTest, Int8LossWithinOnePercentOfFp32) {
   double last[2] = {0, 0}, first = 0;
   size_t bytes[2] = {0, 0};
   for (int k = 0; k < 2; k++) {
-    Recipe r = int8_ft(k ? "loss8" : "loss32", k ? "int8" : "fp32");
-    r.data_path = data;
-    r.data_synthetic = "";
-    r.steps = 24;
-    r.micro_batch = 4;
-    r.grad_accum = 1;
-    r.lr = 3e-3f;
-    r.lr_schedule = "constant";
-    r.galore.update_proj_gap = 4;
-    Trainer t(r);
-    t.verbose = false;
-    double tail = 0;
-    for (int s = 0; s < r.steps; s++) {
-      const double l = t.train_step().loss;
-      if (s == 0) first = l;
-      if (s >= r.steps - 4) tail += l / 4;
-    }
-    last[k] = tail;
-    bytes[k] = dynamic_cast<const GaloreAdamW&>(t.optimizer()).state_bytes();
+    const LearnRun lr = learn_patterns(int8_ft(k ? "loss8" : "loss32", k ? "int8" : "fp32"), data);
+    first = lr.first, last[k] = lr.tail, bytes[k] = lr.state_bytes;
   }
   // the moments of the targets: formula per tensor minus its (fp32) projector
   GaloreConfig c32 = int8_ft("").galore, c8 = c32;
