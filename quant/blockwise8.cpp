@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 
 namespace frugal::quant {
 
@@ -74,28 +75,26 @@ namespace {
 
 constexpr float kFlushBelow = 0x1p-100f;  // blocks with a smaller absmax are stored as zeros
 
-// absmax of one block, or 0 for a block to flush; throws on a non-finite element.
-float block_absmax(const float* x, size_t block, const std::string& what) {
-  float am = 0.f;
-  for (size_t i = 0; i < kBlockwise8Block; ++i) {
-    const float a = std::fabs(x[i]);
-    if (!std::isfinite(a))
-      fail("blockwise8: ", what, ": non-finite value ", x[i], " at element ", block * kBlockwise8Block + i);
-    am = std::max(am, a);
-  }
-  return am < kFlushBelow ? 0.f : am;
-}
-
 uint8_t zero_code(bool is_signed) { return is_signed ? 127 : 0; }
 
-// Shared by both paths: the block loop; `nearest(s)` picks the code of a scaled value.
+// Shared by both paths: the block loop; `nearest(s)` picks the code of a scaled value. Blocks are
+// independent, so threads change nothing; a non-finite element is reported (the first one) after
+// the loop, as no exception may leave an OpenMP region.
 template <class Nearest>
 void quantize_blocks(const float* x, size_t nblocks, bool is_signed, uint8_t* codes, float* absmax,
                      const std::string& what, Nearest nearest) {
+  size_t bad = SIZE_MAX;
+#pragma omp parallel for schedule(static) reduction(min : bad) if (nblocks > 64)
   for (size_t b = 0; b < nblocks; ++b) {
     const float* xb = x + b * kBlockwise8Block;
     uint8_t* cb = codes + b * kBlockwise8Block;
-    const float am = block_absmax(xb, b, what);
+    float am = 0.f;
+    for (size_t i = 0; i < kBlockwise8Block; ++i) {
+      const float a = std::fabs(xb[i]);
+      if (!std::isfinite(a)) bad = std::min(bad, b * kBlockwise8Block + i);
+      am = std::max(am, a);
+    }
+    if (!(am >= kFlushBelow)) am = 0.f;  // flushed (or non-finite: reported below)
     absmax[b] = am;
     if (am == 0.f) {
       std::fill(cb, cb + kBlockwise8Block, zero_code(is_signed));
@@ -104,6 +103,7 @@ void quantize_blocks(const float* x, size_t nblocks, bool is_signed, uint8_t* co
     const float inv = 1.f / am;  // as bitsandbytes' kernels: x · (1 / absmax)
     for (size_t i = 0; i < kBlockwise8Block; ++i) cb[i] = nearest(xb[i] * inv);
   }
+  if (bad != SIZE_MAX) fail("blockwise8: ", what, ": non-finite value ", x[bad], " at element ", bad);
 }
 
 }  // namespace
@@ -145,6 +145,7 @@ void quantize_blockwise8(const float* x, size_t nblocks, bool is_signed, uint8_t
 
 void dequantize_blockwise8(const uint8_t* codes, const float* absmax, size_t nblocks, bool is_signed, float* x) {
   const float* map = blockwise8_map(is_signed);
+#pragma omp parallel for schedule(static) if (nblocks > 64)
   for (size_t b = 0; b < nblocks; ++b) {
     const float am = absmax[b];
     for (size_t i = b * kBlockwise8Block; i < (b + 1) * kBlockwise8Block; ++i) x[i] = map[codes[i]] * am;
