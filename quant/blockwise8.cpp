@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace frugal::quant {
 
@@ -122,7 +123,7 @@ void quantize_blockwise8_ref(const float* x, size_t nblocks, bool is_signed, uin
   });
 }
 
-// ---- fast path ----------------------------------------------------------------------------
+// ---- fast path: a binary search over the few entries the value's bucket allows ---------------
 namespace {
 uint8_t nearest_in(const float* map, float s) {
   // hi = the first entry above s (8 halvings of [0, 256)); the nearest is hi or hi - 1, because
@@ -133,6 +134,50 @@ uint8_t nearest_in(const float* map, float s) {
   const float d_lo = std::fabs(s - map[hi - 1]), d_hi = std::fabs(s - map[hi]);
   return (uint8_t)(d_hi < d_lo ? hi : hi - 1);
 }
+
+// The codes a float's top 16 bits (sign, exponent, 7 mantissa bits) can take: nearest_in is
+// monotone in s, so every s of a bucket has its code between those of the bucket's two end values.
+// The search then runs over that range only (usually 1-3 entries instead of 256): the first entry
+// above s lies in [first, last + 1] (the nearest is it or the one below), so the result is
+// nearest_in's, bit for bit.
+struct BucketRange {
+  uint8_t first, last;
+};
+const BucketRange* bucket_ranges(bool is_signed) {
+  static const std::array<std::vector<BucketRange>, 2> t = [] {
+    std::array<std::vector<BucketRange>, 2> out;
+    for (int sg = 0; sg < 2; ++sg) {
+      const float* map = blockwise8_map(sg == 1);
+      out[sg].resize(65536);
+      for (uint32_t k = 0; k < 65536; ++k) {
+        const uint32_t lo = k << 16, hi = lo | 0xffffu;
+        float a, b;
+        std::memcpy(&a, &lo, 4), std::memcpy(&b, &hi, 4);
+        if (std::isnan(a) || std::isnan(b)) {
+          out[sg][k] = {0, 255};
+          continue;
+        }
+        const uint8_t ca = nearest_in(map, a), cb = nearest_in(map, b);
+        out[sg][k] = {std::min(ca, cb), std::max(ca, cb)};
+      }
+    }
+    return out;
+  }();
+  return t[is_signed ? 1 : 0].data();
+}
+
+uint8_t nearest_bucketed(const float* map, const BucketRange* buckets, float s) {
+  uint32_t u;
+  std::memcpy(&u, &s, 4);
+  const BucketRange r = buckets[u >> 16];
+  const int a = r.first, b = std::min(r.last + 2, 256);
+  const int hi = (int)(std::upper_bound(map + a, map + b, s) - map);
+  if (hi == 0) return 0;
+  if (hi == 256) return 255;
+  const float d_lo = std::fabs(s - map[hi - 1]), d_hi = std::fabs(s - map[hi]);
+  return (uint8_t)(d_hi < d_lo ? hi : hi - 1);
+}
+
 }  // namespace
 
 uint8_t blockwise8_nearest(float s, bool is_signed) { return nearest_in(blockwise8_map(is_signed), s); }
@@ -140,7 +185,9 @@ uint8_t blockwise8_nearest(float s, bool is_signed) { return nearest_in(blockwis
 void quantize_blockwise8(const float* x, size_t nblocks, bool is_signed, uint8_t* codes, float* absmax,
                          const std::string& what) {
   const float* map = blockwise8_map(is_signed);
-  quantize_blocks(x, nblocks, is_signed, codes, absmax, what, [map](float s) { return nearest_in(map, s); });
+  const BucketRange* buckets = bucket_ranges(is_signed);
+  quantize_blocks(x, nblocks, is_signed, codes, absmax, what,
+                  [map, buckets](float s) { return nearest_bucketed(map, buckets, s); });
 }
 
 void dequantize_blockwise8(const uint8_t* codes, const float* absmax, size_t nblocks, bool is_signed, float* x) {

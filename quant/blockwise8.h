@@ -42,7 +42,8 @@ uint8_t blockwise8_nearest(float s, bool is_signed);
 // x: [nblocks · 256]; codes: [nblocks · 256]; absmax: [nblocks]
 void quantize_blockwise8_ref(const float* x, size_t nblocks, bool is_signed, uint8_t* codes, float* absmax,
                              const std::string& what);
-// ---- fast path: a binary search over the map (same codes as _ref, bit for bit) --------------
+// ---- fast path: a binary search over the map entries a 65536-bucket table (top 16 bits of the
+// scaled value) leaves possible (same codes as _ref, bit for bit) ----------------------------
 void quantize_blockwise8(const float* x, size_t nblocks, bool is_signed, uint8_t* codes, float* absmax,
                          const std::string& what);
 void dequantize_blockwise8(const uint8_t* codes, const float* absmax, size_t nblocks, bool is_signed, float* x);

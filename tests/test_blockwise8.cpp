@@ -81,10 +81,33 @@ TEST(Blockwise8, MapsMatchBitsandbytes) {
   for (int i = 127; i < 256; ++i) EXPECT_EQ(bits(m[i]), bits(s[i])) << i;
 }
 
-// The fast path (binary search) gives the _ref's (linear scan) codes and absmax, bit for bit.
+// Both ends of every bucket of the fast path's table (the floats whose top 16 bits are k) with
+// |value| <= 1, in blocks that start with 1.0 (absmax 1, so the scaled value is the value itself).
+std::vector<float> bucket_edges(bool is_signed) {
+  std::vector<float> x;
+  for (uint32_t k = 0; k <= 0x3f80u; ++k)
+    for (uint32_t low : {0u, 0xffffu}) {
+      const uint32_t u = (k << 16) | low;
+      float f;
+      std::memcpy(&f, &u, 4);
+      if (!(f <= 1.f)) continue;
+      for (float v : {f, -f}) {
+        if (v < 0 && !is_signed) continue;
+        if (x.size() % B == 0) x.push_back(1.f);
+        x.push_back(v);
+      }
+    }
+  while (x.size() % B != 0) x.push_back(0.f);
+  return x;
+}
+
+// The fast path (bucketed binary search) gives the _ref's (linear scan) codes and absmax, bit for
+// bit: on random and adversarial blocks and on both ends of every bucket.
 TEST(Blockwise8, FastMatchesRef) {
   for (bool sg : {true, false}) {
-    const std::vector<float> x = make_blocks(sg, 300, sg ? 1 : 2);
+    std::vector<float> x = bucket_edges(sg);
+    const std::vector<float> more = make_blocks(sg, 300, sg ? 1 : 2);
+    x.insert(x.end(), more.begin(), more.end());
     const size_t nb = x.size() / B;
     std::vector<uint8_t> c(x.size()), cr(x.size());
     std::vector<float> a(nb), ar(nb);
@@ -102,7 +125,9 @@ TEST(Blockwise8, FastMatchesRef) {
     }
     EXPECT_EQ(a[nb - 6], 3e30f);
     EXPECT_EQ(c[(nb - 6) * B + 100], 255);
-    if (sg) EXPECT_EQ(c[(nb - 5) * B + 5], 0) << "the negative maximum must take the -1.0 code";
+    if (sg) {
+      EXPECT_EQ(c[(nb - 5) * B + 5], 0) << "the negative maximum must take the -1.0 code";
+    }
     EXPECT_EQ(a[nb - 3], 0x1.8p-100f) << "just above the flush threshold: quantized";
     for (size_t i = 0; i < B; ++i) EXPECT_EQ(c[(nb - 2) * B + i], i) << "map entry " << i;
   }
