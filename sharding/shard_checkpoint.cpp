@@ -261,6 +261,7 @@ void save_sharded_checkpoint(const std::string& path, const TrainState& st, cons
     if (g.rank == 0) std::remove(tmp.c_str());
     throw Error(agreed);
   }
+  if (b.optimizer) b.optimizer->end_state_io(/*loaded=*/false);  // the parts are written: staging freed
   // Durable before anyone returns: rank 0 fsyncs, renames and fsyncs the directory.
   err = g.rank == 0 ? capture([&] { commit_temp_file(tmp, path); }) : std::string();
   agree_or_throw(g, err);  // also the closing barrier
@@ -336,6 +337,7 @@ TrainState load_sharded_checkpoint(const std::string& path, const ModelLayout& L
     if (!io_err.empty()) throw Error(io_err);
   });
   agree_or_throw(g, err);
+  if (load_optimizer && b.optimizer) b.optimizer->end_state_io(/*loaded=*/true);  // e.g. requantize the staging
   return st;
 }
 

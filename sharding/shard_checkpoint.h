@@ -37,6 +37,9 @@ namespace frugal {
 struct ShardBuffers {
   std::vector<float*> w;
   std::vector<OptimStatePart> optim;
+  // The optimizer `optim` came from (nullable): its end_state_io is called once the parts are
+  // written (save) or read (load with load_optimizer).
+  Optimizer* optimizer = nullptr;
 };
 
 // Collective over comm (whose size must equal L.world; rank r holds shard r). With W == 1 and MPI

@@ -5,7 +5,8 @@
 // Checkpoints: same-W resume is bit for bit; resuming a checkpoint written at another world size
 // continues the run (CrossWorld.* run as a ctest fixture: saved at np 4, resumed at np 2 and 3).
 // GaLore-AdamW (randomized projector on the sharded rows) is held to the same: sharded = single
-// process, and a W = 4 checkpoint resumes at W = 2, 3.
+// process, and a W = 4 checkpoint resumes at W = 2, 3; with galore.moments = "int8" too, within a
+// bound measured against the single-process int8 and fp32 runs (compare_int8).
 #include <unistd.h>
 
 #include <cmath>
@@ -196,6 +197,31 @@ void compare(const RunResult& got, const Reference& want, const char* what) {
                  test::world().world(), what, d.loss, f.loss, d.lora, f.lora);
 }
 
+// GaLore full fine-tuning at rank 32 with the given moment storage: every projected moment tensor
+// has >= 4096 elements, so with "int8" all of them are 8-bit.
+Recipe galore_int8_recipe(const std::string& model_dir, const std::string& out, const std::string& moments) {
+  Recipe r = galore_recipe(model_dir, out, GaloreCase::Full);
+  r.galore.rank = 32;
+  r.galore.moments = moments;
+  return r;
+}
+
+// got against a single-process int8 reference: within 3x the larger of the reference's noise floor
+// and q, the single-process int8-vs-fp32 difference (the quantization of all blocks), which must be
+// real (> 0). A sharded int8 run keeps the ragged ends of each rank's moment range in fp32, so it
+// differs from the single-process one by the quantization of those blocks plus summation order.
+void compare_int8(const RunResult& got, const Reference& want, const Diff& q, const char* what) {
+  const Diff d = diff(got, want.run);
+  const double bl = 3 * std::max(want.floor.loss, q.loss), ba = 3 * std::max(want.floor.lora, q.lora);
+  EXPECT_ALL_RANKS(q.same_shape && q.loss > 0 && q.lora > 0, what << ": int8 moments changed nothing against fp32");
+  EXPECT_ALL_RANKS(d.same_shape, what << ": different number of steps or tensors");
+  EXPECT_ALL_RANKS(d.loss <= bl, what << ": loss differs by " << d.loss << ", bound " << bl);
+  EXPECT_ALL_RANKS(d.lora <= ba, what << ": tensors differ by " << d.lora << " (relative L2), bound " << ba);
+  if (test::world().rank() == 0)
+    std::fprintf(stderr, "[W=%d] %s: loss %.3g, tensors %.3g; bounds from floor %.3g / %.3g and int8-vs-fp32 %.3g / %.3g\n",
+                 test::world().world(), what, d.loss, d.lora, want.floor.loss, want.floor.lora, q.loss, q.lora);
+}
+
 }  // namespace
 
 // Tolerances: the sharded and single-process runs differ only in fp32 summation order (per-rank
@@ -366,6 +392,45 @@ TEST(ShardedTraining, GaloreMatchesSingleProcess) {
   if (test::world().rank() == 0) fs::remove_all(base);
 }
 
+// GaLore with galore.moments = "int8" under FSDP (galore_int8_recipe). Truth: the single-process
+// int8 run, within compare_int8's measured bound. Then a same-W resume of the sharded int8 run is
+// bit for bit, and each rank's state is the planner's formula.
+TEST(ShardedTraining, GaloreInt8MatchesSingleProcessAndResumesExactly) {
+  const std::string base = shared_dir("galore_int8");
+  const std::string model = make_model(base);
+  auto recipe = [&](const std::string& out, const std::string& moments) { return galore_int8_recipe(model, out, moments); };
+  Reference want = reference_with_floor([&](const std::string& out) { return recipe(out, "int8"); }, base + "/ref8", 4);
+  const RunResult fp32 = single_process([&](const std::string& out) { return recipe(out, "fp32"); }, base + "/ref32", 4);
+  const std::string ck = base + "/sharded/mid.h5";
+  Trainer t(recipe(base + "/sharded", "int8"), &test::world());
+  t.verbose = false;
+  RunResult got;
+  while (t.step() < 4) {
+    got.losses.push_back(t.train_step().loss);
+    if (t.step() == 2) t.save(ck);
+  }
+  got.lora = t.gather_lora();
+  compare_int8(got, want, diff(fp32, want.run), "GaLore int8: sharded vs single-process int8");
+  const auto* g = dynamic_cast<const GaloreAdamW*>(&t.optimizer());
+  size_t formula = 0;
+  for (const ParamRef& p : t.params())
+    for (const ParamPiece& pc : param_pieces(p))
+      formula += galore_held_state_bytes(t.recipe().galore, pc, test::world().world(), test::world().rank());
+  EXPECT_ALL_RANKS(g && g->state_bytes() == formula,
+                   "GaLore int8 state bytes " << (g ? g->state_bytes() : 0) << ", formula " << formula);
+  // same-W resume from the checkpoint after step 2 (refreshes at 0 and 3: step 2 uses the loaded
+  // projector and moments, step 3 refreshes)
+  Trainer t2(recipe(base + "/resumed", "int8"), &test::world());
+  t2.verbose = false;
+  t2.resume(ck);
+  const RunResult part = run(t2, 4);
+  EXPECT_ALL_RANKS(same_bits(part.lora, got.lora), "int8 resumed tensors are not bitwise those of the uninterrupted run");
+  EXPECT_ALL_RANKS(part.losses.size() == 2 && part.losses[0] == got.losses[2] && part.losses[1] == got.losses[3],
+                   "int8 resumed losses differ from the uninterrupted run's");
+  test::world().barrier();
+  if (test::world().rank() == 0) fs::remove_all(base);
+}
+
 TEST(CrossWorld, Save) {
   const char* d = std::getenv("FRUGAL_XW_DIR");
   if (!d) GTEST_SKIP() << "FRUGAL_XW_DIR not set (run by ctest as a fixture)";
@@ -384,7 +449,14 @@ TEST(CrossWorld, Save) {
   Trainer tg(rg, &test::world());
   tg.verbose = false;
   tg.run(2);
+  // and the same with 8-bit moments (the file holds them dequantized, in fp32)
+  Recipe r8 = galore_int8_recipe(model, base + "/galore_int8", "int8");
+  r8.checkpoint_every = 2;
+  Trainer t8(r8, &test::world());
+  t8.verbose = false;
+  t8.run(2);
   test::world().barrier();
+  EXPECT_ALL_RANKS(fs::exists(base + "/galore_int8/checkpoints/step-2.h5"), "no GaLore int8 checkpoint written");
   EXPECT_ALL_RANKS(fs::exists(base + "/run/checkpoints/step-2.h5"), "no checkpoint written");
   EXPECT_ALL_RANKS(fs::exists(base + "/galore/checkpoints/step-2.h5"), "no GaLore checkpoint written");
 }
@@ -414,6 +486,20 @@ TEST(CrossWorld, Resume) {
   Trainer tg(grecipe(base + "/resume_galore_w" + tag), &test::world());
   tg.resume(gck);
   compare(run(tg, 4), gwant, "GaLore: resume at this W of a checkpoint saved at W=4");
+  // GaLore int8: at this W the moments are requantized over this W's ranges (the ragged fp32 ends
+  // move with the cuts), so the bound is compare_int8's
+  const std::string g8ck = base + "/galore_int8/checkpoints/step-2.h5";
+  EXPECT_ALL_RANKS(fs::exists(g8ck), g8ck << " missing");
+  if (!fs::exists(g8ck)) return;
+  auto g8 = [&](const std::string& moments) {
+    return [&model, moments](const std::string& out) { return galore_int8_recipe(model, out, moments); };
+  };
+  Reference w8 = reference_with_floor(g8("int8"), base + "/xw_galore8_w" + tag, 4, 2);
+  RunResult r32 = single_process(g8("fp32"), base + "/xw_galore32_w" + tag, 4);
+  r32.losses.erase(r32.losses.begin(), r32.losses.begin() + 2);
+  Trainer t8(g8("int8")(base + "/resume_galore8_w" + tag), &test::world());
+  t8.resume(g8ck);
+  compare_int8(run(t8, 4), w8, diff(r32, w8.run), "GaLore int8: resume at this W of a checkpoint saved at W=4");
 }
 
 // Export from a sharded checkpoint: the file is the single-process format, so `frugal export`

@@ -1,11 +1,12 @@
 // bench_galore.cpp: `frugal bench galore [--preset small] [--ranks 128,256] [--steps 20]
-// [--svd exact,randomized] [--gap 10] [--seq-len 128] [--micro-batch 2] [--grad-accum 1] [--per-layer]
-// [--lr 1e-3] [--galore-lr 0] [--json]`.
+// [--svd exact,randomized] [--moments fp32,int8] [--gap 10] [--seq-len 128] [--micro-batch 2]
+// [--grad-accum 1] [--per-layer] [--lr 1e-3] [--galore-lr 0] [--json]`.
 // Full fine-tuning (bf16 base, every decoder linear and the RMSNorm weights train) of a randomly
 // initialized preset on synthetic "patterns" data, the same data and seed for every optimizer:
 //   adamw                  the baseline (torch AdamW)
 //   galore r, exact        GaLore-AdamW rank r, LAPACK SVD at each refresh
 //   galore r, randomized   GaLore-AdamW rank r, range finder + subspace iteration
+//   each of those with galore.moments = "int8" too when --moments lists it (suffix :int8)
 //   ...:per-layer          (--per-layer) the same with galore.per_layer: each block steps in the
 //                          backward and frees its gradients (optim.grad_clip 0: no global norm)
 // Each configuration runs in its own child process (this binary re-executed with --run-one), so
@@ -43,13 +44,15 @@ struct BenchGaloreOptions {
   std::string preset = "small";
   std::vector<int> ranks = {128, 256};
   std::vector<std::string> svds = {"exact", "randomized"};
+  std::vector<std::string> moments = {"fp32"};
   int steps = 20, gap = 10, seq_len = 128, micro_batch = 2, grad_accum = 1;
   float lr = 1e-3f, galore_lr = 0.f;  // galore_lr 0: lr
   bool json = false, per_layer = false;
   std::string run_one, model_dir;  // internal: the child's configuration and the shared model
 };
 
-// The full fine-tuning recipe every configuration shares; `config` = adamw | galore:<r>:<svd>.
+// The full fine-tuning recipe every configuration shares; `config` = adamw | galore:<r>:<svd> (fp32
+// moments) | galore:<r>:<svd>[:int8][:per-layer].
 Recipe galore_bench_recipe(const BenchGaloreOptions& o, const std::string& config, const std::string& out) {
   Recipe r = bench_recipe(o.preset, "none", 8, o.seq_len, o.micro_batch, o.steps, o.model_dir, out);
   r.path = "bench galore";
@@ -62,16 +65,26 @@ Recipe galore_bench_recipe(const BenchGaloreOptions& o, const std::string& confi
   r.grad_accum = o.grad_accum;
   if (config != "adamw") {
     int rank = 0;
-    char svd[32] = {0}, mode[32] = {0};
-    const int got = std::sscanf(config.c_str(), "galore:%d:%31[^:]:%31s", &rank, svd, mode);
-    if (got < 2 || (got == 3 && std::string(mode) != "per-layer")) fail("bench galore: bad configuration '", config, "'");
+    char svd[32] = {0};
+    if (std::sscanf(config.c_str(), "galore:%d:%31[^:]", &rank, svd) != 2) fail("bench galore: bad configuration '", config, "'");
+    std::string moments = "fp32";
+    bool per_layer = false;
+    for (size_t at = config.find(':', config.find(':', 7) + 1); at != std::string::npos;) {  // :int8, :per-layer
+      const size_t next = config.find(':', at + 1);
+      const std::string opt = config.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
+      if (opt == "int8") moments = opt;
+      else if (opt == "per-layer") per_layer = true;
+      else fail("bench galore: bad configuration '", config, "' (option '", opt, "')");
+      at = next;
+    }
     r.optim_name = "galore_adamw";
+    r.galore.moments = moments;
     r.galore.rank = rank;
     r.galore.svd = svd;
     r.galore.update_proj_gap = o.gap;
     r.galore.scale = 0.25f;
     if (o.galore_lr > 0.f) r.lr = o.galore_lr;
-    if (got == 3) r.galore.per_layer = true, r.grad_clip = 0.f;  // per-layer steps cannot clip by the global norm
+    if (per_layer) r.galore.per_layer = true, r.grad_clip = 0.f;  // per-layer steps cannot clip by the global norm
   }
   return r;
 }
@@ -170,10 +183,12 @@ void run_bench_galore(BenchGaloreOptions o) {
 
   std::vector<std::string> configs = {"adamw"};
   for (int r : o.ranks)
-    for (const std::string& svd : o.svds) {
-      configs.push_back(str("galore:", r, ":", svd));
-      if (o.per_layer) configs.push_back(str("galore:", r, ":", svd, ":per-layer"));
-    }
+    for (const std::string& svd : o.svds)
+      for (const std::string& m : o.moments) {
+        const std::string c = str("galore:", r, ":", svd, m == "fp32" ? "" : ":" + m);
+        configs.push_back(c);
+        if (o.per_layer) configs.push_back(c + ":per-layer");
+      }
   std::vector<nlohmann::json> res;
   for (const std::string& c : configs) {
     if (!o.json) std::fprintf(stderr, "bench galore: %s ...\n", c.c_str());
@@ -209,10 +224,10 @@ void run_bench_galore(BenchGaloreOptions o) {
   std::printf("frugal bench galore: %s full fine-tuning (%.1fM trainable), B=%d T=%d, %d steps, refresh every %d, lr %g (GaLore %g)\n",
               o.preset.c_str(), res[0]["trainable_floats"].get<double>() / 1e6, o.micro_batch, o.seq_len, o.steps, o.gap,
               (double)o.lr, (double)(o.galore_lr > 0 ? o.galore_lr : o.lr));
-  std::printf("%-28s %12s %8s %10s %10s %8s %10s %9s\n", "optimizer", "state MB", "vs AdamW", "peak RSS MB",
+  std::printf("%-33s %12s %8s %10s %10s %8s %10s %9s\n", "optimizer", "state MB", "vs AdamW", "peak RSS MB",
               "loss", "vs AdamW", "step s", "refresh %");
   for (const auto& r : out)
-    std::printf("%-28s %12.1f %7.1f%% %10.1f %10.4f %7.2f%% %10.3f %8.1f%%\n", r["config"].get<std::string>().c_str(),
+    std::printf("%-33s %12.1f %7.1f%% %10.1f %10.4f %7.2f%% %10.3f %8.1f%%\n", r["config"].get<std::string>().c_str(),
                 r["optimizer_state_bytes"].get<double>() / 1048576.0, 100.0 * r["optimizer_state_vs_adamw"].get<double>(),
                 r["peak_rss_bytes"].get<double>() / 1048576.0, r["loss_last_gap_mean"].get<double>(),
                 100.0 * r["loss_vs_adamw"].get<double>(), r["step_seconds_median"].get<double>(),
@@ -234,6 +249,10 @@ void register_bench_galore(CLI::App& bench_cmd) {
   sub->add_option("--svd", o->svds, "projectors to run for each rank: exact, randomized")
       ->delimiter(',')
       ->check(CLI::IsMember({"exact", "randomized"}))
+      ->capture_default_str();
+  sub->add_option("--moments", o->moments, "GaLore moment storages to run for each rank and projector: fp32, int8")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"fp32", "int8"}))
       ->capture_default_str();
   sub->add_option("--steps", o->steps, "optimizer steps per configuration (a multiple of --gap)")->capture_default_str();
   sub->add_option("--gap", o->gap, "galore.update_proj_gap")->capture_default_str();

@@ -41,6 +41,7 @@ void write_checkpoint_file(const std::string& file, const TrainState& st, const 
   for (const OptimStatePart& q : parts) f.write("/optim/" + q.state + "/" + q.tensor, q.data, q.shape);
   write_checkpoint_attrs(f, st, order, has_lora ? &lora : nullptr);
   f.close();
+  opt.end_state_io(/*loaded=*/false);  // the parts are written: staging copies can go
 }
 
 void save_checkpoint(const std::string& path, const TrainState& st, const std::vector<ParamRef>& params, Optimizer& opt) {
@@ -78,6 +79,7 @@ TrainState load_checkpoint(const std::string& path, const std::vector<ParamRef>&
   for (const OptimStatePart& q : parts) check_checkpoint_tensor(f, path, "/optim/" + q.state + "/" + q.tensor, q.shape);
   for (const ParamRef& p : params) f.read_into("/params/" + p.name, p.w, p.shape);
   for (const OptimStatePart& q : parts) f.read_into("/optim/" + q.state + "/" + q.tensor, q.data, q.shape);
+  if (opt) opt->end_state_io(/*loaded=*/true);  // e.g. GaLore int8 requantizes what was read
   if (opt) opt->set_t(st.adam_t);
   return st;
 }

@@ -73,6 +73,10 @@ class Optimizer {
   // Default, for elementwise optimizers: per param, per state_names() entry, one part per piece
   // (or one for the whole param when it has no pieces), the tensor's shape and this rank's range.
   virtual std::vector<OptimStatePart> state_parts(const std::vector<ParamRef>& params);
+  // Called by the checkpoints (both savers and both loaders) once they are done with the parts of
+  // state_parts: an optimizer whose parts are staging copies (GaLore's 8-bit moments, handed out
+  // dequantized) takes back what a load wrote (`loaded`) and frees them.
+  virtual void end_state_io(bool loaded) { (void)loaded; }
 };
 
 // "adamw" -> AdamW(adamw, be); anything else throws naming the optimizer.

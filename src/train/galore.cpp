@@ -1,6 +1,9 @@
 // galore.cpp: GaLore-AdamW (see galore.h for the math; galore_torch adamw.py + galore_projector.py).
 // Per tensor (a ParamRef's pieces, or the whole param): targets step their moments in the projected
 // shape (galore_projector.h), everything else gets the same transformers-style AdamW elementwise.
+// galore.moments = "int8": each tensor's m and v live in quant::Blockwise8Vector (8-bit blocks of
+// the stored moment tensor's global index, ragged ends fp32); a step dequantizes them into shared
+// fp32 scratch, runs the fp32 update above unchanged and requantizes them.
 #include "src/train/galore.h"
 
 #include <algorithm>
@@ -23,8 +26,7 @@ void GaloreConfig::validate(const std::string& where) const {
   if (svd != "exact" && svd != "randomized") fail(where, ": galore.svd '", svd, "' (expected exact or randomized)");
   if (oversample < 0) fail(where, ": galore.oversample must be >= 0, got ", oversample);
   if (power_iters < 0) fail(where, ": galore.power_iters must be >= 0, got ", power_iters);
-  if (moments == "int8") fail(where, ": galore.moments = \"int8\" is not implemented yet (use fp32)");
-  if (moments != "fp32") fail(where, ": galore.moments '", moments, "' (expected fp32)");
+  if (moments != "fp32" && moments != "int8") fail(where, ": galore.moments '", moments, "' (expected fp32 or int8)");
 }
 
 bool galore_is_target(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape) {
@@ -40,14 +42,36 @@ bool galore_is_target(const GaloreConfig& c, const std::string& name, const std:
   return false;
 }
 
+namespace {
+
+// One rank's moments of a tensor: the range [begin, end) it holds of the stored moment tensor (a
+// target's LowRankPart, else the piece's elements) and whether they are 8-bit (int8 and a stored
+// tensor of at least kBlockwise8MinNumel elements, as bitsandbytes' min_8bit_size).
+struct MomentRange {
+  size_t begin = 0, end = 0;
+  bool quantized = false;
+};
+MomentRange moment_range(const GaloreConfig& c, const ParamPiece& pc, const LowRankPart* part) {
+  const size_t numel = (size_t)shape_numel(part ? part->shape : pc.shape);
+  const bool q = c.moments == "int8" && numel >= quant::kBlockwise8MinNumel;
+  return part ? MomentRange{part->begin, part->end, q} : MomentRange{pc.begin, pc.end, q};
+}
+
+}  // namespace
+
 size_t galore_held_state_bytes(const GaloreConfig& c, const ParamPiece& pc, int world, int rank) {
-  if (!galore_is_target(c, pc.name, pc.shape)) return 2 * (pc.end - pc.begin) * sizeof(float);
+  if (!galore_is_target(c, pc.name, pc.shape)) {
+    const MomentRange mr = moment_range(c, pc, nullptr);
+    return 2 * quant::Blockwise8Vector::bytes_for(mr.begin, mr.end, mr.quantized);
+  }
   const MatrixSplit split{pc.shape[0], pc.shape[1], pc.cuts, rank};
   const ProjSide side = galore_side(c.proj_type, pc.shape[0], pc.shape[1]);
   const int r = galore_effective_rank(c.rank, pc.shape[0], pc.shape[1]);
-  size_t b = 2 * galore_low_rank_part(side, r, split, world).size();
-  for (const ProjectorPart& q : galore_projector_parts(side, r, split)) b += q.end - q.begin;
-  return b * sizeof(float);
+  const LowRankPart part = galore_low_rank_part(side, r, split, world);
+  const MomentRange mr = moment_range(c, pc, &part);
+  size_t b = 2 * quant::Blockwise8Vector::bytes_for(mr.begin, mr.end, mr.quantized);
+  for (const ProjectorPart& q : galore_projector_parts(side, r, split)) b += (q.end - q.begin) * sizeof(float);
+  return b;
 }
 
 size_t galore_state_bytes(const GaloreConfig& c, const std::string& name, const std::vector<int64_t>& shape) {
@@ -69,7 +93,11 @@ struct GaloreAdamW::TensorState {
   float pending = 1.f;
   int64_t step = -1;              // galore_torch's state["step"]; -1: not known yet (take t())
   int64_t refreshed_for = -1;     // the step whose refresh ran (refresh_projectors), so not again
-  avector<float> m, v;            // [part.size()] for targets, [this rank's elements] otherwise
+  // m (signed map), v (unsigned map): [part.size()] for targets, [this rank's elements] otherwise
+  quant::Blockwise8Vector m, v;
+  // fp32 staging of 8-bit moments for a checkpoint, [m.size()] each, from state_parts to
+  // end_state_io (empty otherwise)
+  avector<float> m_io, v_io;
 };
 
 bool GaloreAdamW::refresh_due(const TensorState& s) const {
@@ -109,14 +137,30 @@ GaloreAdamW::TensorState& GaloreAdamW::state_of(const ParamPiece& tv) {
       s.r = galore_effective_rank(gc_.rank, tv.shape[0], tv.shape[1]);
       s.part = galore_low_rank_part(s.side, s.r, s.split, comm_->world());
     }
+    const MomentRange mr = moment_range(gc_, tv, s.target ? &s.part : nullptr);
+    s.m.reset(mr.begin, mr.end, mr.quantized, /*is_signed=*/true);
+    s.v.reset(mr.begin, mr.end, mr.quantized, /*is_signed=*/false);
   }
   return s;
 }
 
 std::vector<OptimStateTensor> GaloreAdamW::state(const std::string& param) {
-  std::unique_ptr<TensorState>& s = state_[param];
-  if (!s) s = std::make_unique<TensorState>();
-  return {{"m", &s->m}, {"v", &s->v}};
+  fail("GaLore-AdamW: no elementwise state tensors for '", param, "': its moments (projected shapes, 8-bit blocks "
+       "under galore.moments = \"int8\") go through state_parts");
+}
+
+void GaloreAdamW::end_io(TensorState& s, bool loaded, const std::string& name) {
+  if (s.m_io.empty()) return;
+  if (loaded) {
+    s.m.set(s.m_io.data(), name + " (m)");
+    s.v.set(s.v_io.data(), name + " (v)");
+  }
+  avector<float>().swap(s.m_io);
+  avector<float>().swap(s.v_io);
+}
+
+void GaloreAdamW::end_state_io(bool loaded) {
+  for (auto& [name, s] : state_) end_io(*s, loaded, name);
 }
 
 void GaloreAdamW::step(const std::vector<ParamRef>& params, float lr) {
@@ -211,9 +255,9 @@ void GaloreAdamW::step_param(const ParamRef& p, float lr, const float* lo_given)
     if (s.step < 0) s.step = t_before_;
     const size_t count = tv.end - tv.begin;  // this rank's elements of the tensor
     const size_t nmom = s.target ? s.part.size() : count;
-    if (s.m.empty() && s.v.empty()) s.m.assign(nmom, 0.f), s.v.assign(nmom, 0.f);
     FRUGAL_CHECK(s.m.size() == nmom && s.v.size() == nmom, "GaLore-AdamW: optimizer state of '", tv.name,
                  "' has ", s.m.size(), "/", s.v.size(), " elements, expected ", nmom);
+    end_io(s, /*loaded=*/true, tv.name);  // staging a loader filled without end_state_io (exact either way)
     float* w = p.w + tv.offset;
     const float* g = p.g ? p.g + tv.offset : nullptr;
 
@@ -243,11 +287,21 @@ void GaloreAdamW::step_param(const ParamRef& p, float lr, const float* lo_given)
     const double bc1 = 1.0 - std::pow(b1, (double)s.step), bc2 = 1.0 - std::pow(b2, (double)s.step);
     const float neg_step = (float)(-(dlr * std::sqrt(bc2) / bc1));
     nrm_.resize(nmom);
-    for (size_t e = 0; e < nmom; ++e) {
-      s.m[e] = s.m[e] * beta1 + a1 * gm[e];
-      s.v[e] = s.v[e] * beta2 + a2 * gm[e] * gm[e];
-      nrm_[e] = s.m[e] / (std::sqrt(s.v[e]) + eps);
+    // 8-bit moments: dequantized into the shared scratch for the fp32 update, requantized after it
+    const bool q8 = s.m.has_blocks();
+    float* m = s.m.fp32();
+    float* v = s.v.fp32();
+    if (q8) {
+      m8_.resize(nmom), v8_.resize(nmom);
+      s.m.get(m8_.data()), s.v.get(v8_.data());
+      m = m8_.data(), v = v8_.data();
     }
+    for (size_t e = 0; e < nmom; ++e) {
+      m[e] = m[e] * beta1 + a1 * gm[e];
+      v[e] = v[e] * beta2 + a2 * gm[e] * gm[e];
+      nrm_[e] = m[e] / (std::sqrt(v[e]) + eps);
+    }
+    if (q8) s.m.set(m, tv.name + " (m)"), s.v.set(v, tv.name + " (v)");
     if (!s.target) {
       for (size_t e = 0; e < count; ++e) w[e] += neg_step * nrm_[e];
     } else if (s.proj.valid()) {
@@ -266,17 +320,25 @@ std::vector<OptimStatePart> GaloreAdamW::state_parts(const std::vector<ParamRef>
   for (const ParamRef& p : params) {
     for (const ParamPiece& tv : param_pieces(p)) {
       TensorState& s = state_of(tv);
-      const size_t nmom = s.target ? s.part.size() : tv.end - tv.begin;
-      if (s.m.size() != nmom) s.m.assign(nmom, 0.f);
-      if (s.v.size() != nmom) s.v.assign(nmom, 0.f);
+      // the moments as fp32: 8-bit ones dequantized into staging (kept when already there: a second
+      // call before end_state_io must not drop what a load wrote)
+      float* m = s.m.fp32();
+      float* v = s.v.fp32();
+      if (s.m.has_blocks()) {
+        if (s.m_io.empty()) {
+          s.m_io.resize(s.m.size()), s.v_io.resize(s.v.size());
+          s.m.get(s.m_io.data()), s.v.get(s.v_io.data());
+        }
+        m = s.m_io.data(), v = s.v_io.data();
+      }
       if (!s.target) {
-        out.push_back({"m", tv.name, tv.shape, tv.begin, tv.end, tv.begin, tv.end, s.m.data()});
-        out.push_back({"v", tv.name, tv.shape, tv.begin, tv.end, tv.begin, tv.end, s.v.data()});
+        out.push_back({"m", tv.name, tv.shape, tv.begin, tv.end, tv.begin, tv.end, m});
+        out.push_back({"v", tv.name, tv.shape, tv.begin, tv.end, tv.begin, tv.end, v});
         continue;
       }
       const LowRankPart& lp = s.part;
-      out.push_back({"m", tv.name, lp.shape, lp.begin, lp.end, lp.write_begin, lp.write_end, s.m.data()});
-      out.push_back({"v", tv.name, lp.shape, lp.begin, lp.end, lp.write_begin, lp.write_end, s.v.data()});
+      out.push_back({"m", tv.name, lp.shape, lp.begin, lp.end, lp.write_begin, lp.write_end, m});
+      out.push_back({"v", tv.name, lp.shape, lp.begin, lp.end, lp.write_begin, lp.write_end, v});
       // the projector as stored (zeros before the first refresh: `pending` says it is not one yet)
       if (!s.proj.valid()) galore_projector_alloc(s.proj, s.side, s.r, s.split);
       for (const ProjectorPart& q : galore_projector_parts(s.side, s.r, s.split)) {
@@ -293,7 +355,7 @@ std::vector<OptimStatePart> GaloreAdamW::state_parts(const std::vector<ParamRef>
 size_t GaloreAdamW::state_bytes() const {
   size_t b = 0;
   for (const auto& [name, s] : state_) {
-    b += (s->m.size() + s->v.size()) * sizeof(float);
+    b += s->m.bytes() + s->v.bytes();  // 8-bit blocks, their absmax, fp32 ends (not the checkpoint staging)
     if (s->target) {
       // the projector as it will be held (also before the first refresh allocates it)
       for (const ProjectorPart& q : galore_projector_parts(s->side, s->r, s->split))

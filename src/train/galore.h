@@ -12,8 +12,12 @@
 // torch AdamW (optim.h): eps outside the bias correction, weight decay after the update.
 // A refresh whose gradient is exactly zero (LoRA's A at step 0, B = 0) is deferred to the next
 // step with a non-zero gradient; the zero gradient still steps the moments (to zero).
-// moments: only "fp32" so far; "int8" (blockwise 8-bit moments) is planned and validate() rejects
-// it with a clear error until it exists.
+// moments = "int8": m and v in 8-bit blockwise dynamic codes (quant/blockwise8.h, bitsandbytes'
+// 8-bit Adam state) for stored moment tensors of >= 4096 elements: the aligned 256-element blocks
+// of the tensor's global flat index that lie inside this rank's range; the ragged ends (and small
+// tensors) stay fp32. The update itself is the fp32 one on the dequantized moments. Checkpoints
+// hold fp32 m, v as before (the dequantized values; loading requantizes them, exactly), so fp32
+// and int8 checkpoints are interchangeable, at any world size.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -21,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "quant/blockwise8.h"
 #include "sharding/comm.h"
 #include "src/model/optim.h"
 #include "src/train/galore_projector.h"
@@ -41,7 +46,7 @@ struct GaloreConfig {
   bool per_layer = false;
   std::string svd = "exact";                       // exact | randomized
   int oversample = 8, power_iters = 2;             // randomized only
-  std::string moments = "fp32";                    // fp32 ("int8" planned, rejected for now)
+  std::string moments = "fp32";                    // fp32 | int8
   // Throws naming `where` (e.g. "recipe.toml: galore.rank") on a bad value.
   void validate(const std::string& where) const;
 };
@@ -87,7 +92,10 @@ class GaloreAdamW : public Optimizer {
   std::vector<OptimStateTensor> state(const std::string& param) override;
   // Per tensor: m, v (projected shape for targets), then for targets proj_right / proj_left and
   // galore_pending [1] (refresh at the next step: no projector computed yet, or a deferred refresh).
+  // int8: m and v are fp32 staging (dequantized on the call), kept until end_state_io.
   std::vector<OptimStatePart> state_parts(const std::vector<ParamRef>& params) override;
+  // After a checkpoint used the parts: requantizes the staging (loaded) and frees it.
+  void end_state_io(bool loaded) override;
 
   // Bytes of optimizer state this rank holds (moments, projectors), for the planner and the bench.
   size_t state_bytes() const;
@@ -100,6 +108,7 @@ class GaloreAdamW : public Optimizer {
   struct TensorState;
   TensorState& state_of(const ParamPiece& t);
   bool refresh_due(const TensorState& s) const;  // this step refreshes s's projector, not done yet
+  void end_io(TensorState& s, bool loaded, const std::string& name);
   AdamWConfig cfg_;
   GaloreConfig gc_;
   Communicator* comm_;
@@ -112,6 +121,7 @@ class GaloreAdamW : public Optimizer {
   // scratch shared by all tensors (one tensor steps at a time): the projected gradient and
   // m/(sqrt(v)+eps), sized to the largest moment part (a per-tensor copy would double the state)
   avector<float> lo_, nrm_;
+  avector<float> m8_, v8_;  // int8: the dequantized m, v of the tensor stepping (same sizing)
 };
 
 // Bytes of GaLore-AdamW state for one whole tensor (the planner's formula; the optimizer's

@@ -102,7 +102,7 @@ const std::vector<KeyDef>& schema() {
       K_STR("galore", "svd", galore.svd, "exact (LAPACK SVD, one process) | randomized (range finder with subspace iteration; also under mpirun)", "svd_method"),
       K_INT("galore", "oversample", galore.oversample, "randomized: extra sketch columns beyond r"),
       K_INT("galore", "power_iters", galore.power_iters, "randomized: subspace iterations"),
-      K_STR("galore", "moments", galore.moments, "moment storage: fp32", "galore_moments"),
+      K_STR("galore", "moments", galore.moments, "fp32 | int8 (8-bit blockwise dynamic codes, 256-element blocks, as bitsandbytes' 8-bit AdamW)", "galore_moments"),
       K_STR("data", "path", data_path, "HDF5 token dataset (format frugal-tokens-v1); empty = use data.synthetic", "dataset", "train_file"),
       K_STR("data", "synthetic", data_synthetic, "\"patterns\": a deterministic learnable dataset made on the fly when data.path is empty (\"\" = none)"),
       K_INT("data", "seq_len", seq_len, "tokens per row (>= 2)", "max_seq_length", "max_length", "seq_length"),

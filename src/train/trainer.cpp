@@ -220,6 +220,7 @@ static ShardBuffers shard_buffers(const ModelLayout& L, Fsdp& f, Optimizer& opt)
     b.w[u] = p.w;
   }
   b.optim = opt.state_parts(f.shard_params());
+  b.optimizer = &opt;
   return b;
 }
 
