@@ -405,7 +405,9 @@ TEST_F(GaloreTrainTest, Fp32AndInt8CheckpointsAreInterchangeable) {
         ASSERT_EQ(got.size(), want.size()) << ds;
         EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4)) << ds << " resumed with " << to;
       }
-    if (to == "int8") EXPECT_GT(quantized, 0u) << "no 8-bit moments: the check above would be fp32 only";
+    if (to == "int8") {
+      EXPECT_GT(quantized, 0u) << "no 8-bit moments: the check above would be fp32 only";
+    }
     for (int s = 3; s < 6; s++) {
       const double l = t.train_step().loss;
       EXPECT_LE(std::fabs(l - full[s]), 0.01 * full[s]) << "step " << s << " resumed with " << to;
