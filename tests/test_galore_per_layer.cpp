@@ -22,50 +22,30 @@
 #include "src/train/plan.h"
 #include "src/train/recipe.h"
 #include "src/train/trainer.h"
+#include "tests/galore_test_recipes.h"
 #include "tests/test_util.h"
 
 using namespace frugal;
 
 namespace {
 
-class GaloreLayerTest : public ::testing::Test {
+class GaloreLayerTest : public test_util::TinyGaloreTest<GaloreLayerTest> {
+ public:
+  static constexpr const char* kTag = "galore_per_layer";
+  static constexpr uint64_t kInitSeed = 23;
+
  protected:
-  static test_util::ScratchDir* dir_;
-  static void SetUpTestSuite() {
-    dir_ = new test_util::ScratchDir("galore_per_layer");
-    init_model(LlamaConfig::preset("tiny"), dir_->path("model"), 23);
-  }
-  static void TearDownTestSuite() {
-    delete dir_;
-    dir_ = nullptr;
-  }
-  // full fine-tuning with GaLore on every attention / MLP linear, the norms by plain AdamW
+  // full fine-tuning (galore_full_ft) without clipping, which per-layer updates cannot do
   static Recipe recipe(const std::string& run, int accum, int gap, bool per_layer) {
-    Recipe r;
-    r.path = "test";
-    r.model_path = dir_->path("model");
-    r.data_synthetic = "patterns";
-    r.seq_len = 32;
-    r.micro_batch = 2;
+    Recipe r = galore_full_ft(run);
     r.grad_accum = accum;
-    r.steps = 6;
-    r.lr = 1e-3f;
-    r.warmup_steps = 1;
     r.grad_clip = 0.f;
     r.seed = 7;
-    r.output_dir = dir_->path(run);
-    r.quant_type = "none";
-    r.train_mode = "full";
-    r.train_trainable = {"norm"};
-    r.optim_name = "galore_adamw";
-    r.adamw.weight_decay = 0.01f;
-    r.galore.rank = 4;
     r.galore.update_proj_gap = gap;
     r.galore.per_layer = per_layer;
     return r;
   }
 };
-test_util::ScratchDir* GaloreLayerTest::dir_ = nullptr;
 
 struct TrainRun {
   std::vector<double> loss;

@@ -28,6 +28,7 @@
 #include "src/train/plan.h"
 #include "src/train/recipe.h"
 #include "src/train/trainer.h"
+#include "tests/galore_test_recipes.h"
 #include "tests/test_util.h"
 
 using namespace frugal;
@@ -35,45 +36,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class GaloreTrainTest : public ::testing::Test {
+class GaloreTrainTest : public test_util::TinyGaloreTest<GaloreTrainTest> {
+ public:
+  static constexpr const char* kTag = "galore_train";
+  static constexpr uint64_t kInitSeed = 11;
+
  protected:
-  static test_util::ScratchDir* dir_;
-  static void SetUpTestSuite() {
-    dir_ = new test_util::ScratchDir("galore_train");
-    init_model(LlamaConfig::preset("tiny"), dir_->path("model"), 11);
-  }
-  static void TearDownTestSuite() {
-    delete dir_;
-    dir_ = nullptr;
-  }
-  static Recipe base(const std::string& run) {
-    Recipe r;
-    r.path = "test";
-    r.model_path = dir_->path("model");
-    r.data_synthetic = "patterns";
-    r.seq_len = 32;
-    r.micro_batch = 2;
-    r.grad_accum = 2;
-    r.steps = 6;
-    r.lr = 1e-3f;
-    r.lr_schedule = "cosine";
-    r.warmup_steps = 1;
-    r.seed = 99;
-    r.output_dir = dir_->path(run);
-    r.optim_name = "galore_adamw";
-    r.adamw.weight_decay = 0.01f;
-    r.galore.rank = 4;
-    r.galore.update_proj_gap = 2;
-    r.galore.scale = 0.25f;
-    return r;
-  }
-  static Recipe full_ft(const std::string& run) {
-    Recipe r = base(run);
-    r.quant_type = "none";
-    r.train_mode = "full";
-    r.train_trainable = {"norm"};  // 1-D tensors next to the projected linears: plain AdamW
-    return r;
-  }
+  static Recipe base(const std::string& run) { return galore_base(run); }
+  static Recipe full_ft(const std::string& run) { return galore_full_ft(run); }
   // rank 32: every projected moment tensor has >= 4096 elements ([128, 32] q/o_proj, [32, 128]
   // k/v_proj (Left), [352, 32] gate/up_proj, [32, 352] down_proj), so all of them are 8-bit; the
   // norms ([128]) stay fp32
@@ -94,7 +64,6 @@ class GaloreTrainTest : public ::testing::Test {
     return r;
   }
 };
-test_util::ScratchDir* GaloreTrainTest::dir_ = nullptr;
 
 std::vector<std::vector<float>> weights(Trainer& t) {
   std::vector<std::vector<float>> w;
