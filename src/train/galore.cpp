@@ -100,8 +100,18 @@ struct GaloreAdamW::TensorState {
   avector<float> m_io, v_io;
 };
 
+bool GaloreAdamW::refreshes_at(const TensorState& s, int64_t step) const {
+  return s.pending != 0.f || !s.proj.valid() || step % gc_.update_proj_gap == 0;
+}
+
 bool GaloreAdamW::refresh_due(const TensorState& s) const {
-  return (s.pending != 0.f || !s.proj.valid() || s.step % gc_.update_proj_gap == 0) && s.refreshed_for != s.step;
+  return refreshes_at(s, s.step) && s.refreshed_for != s.step;
+}
+
+void GaloreAdamW::note_refresh(TensorState& s, bool ok) {
+  s.pending = ok ? 0.f : 1.f;  // a zero gradient: retried at the next step
+  s.refreshed_for = s.step;
+  stats_.refreshes += ok;
 }
 
 GaloreAdamW::GaloreAdamW(const AdamWConfig& adamw, const GaloreConfig& g, Communicator& comm, uint64_t seed,
@@ -200,11 +210,7 @@ void GaloreAdamW::refresh_projectors(const std::vector<ParamRef>& params) {
     }
   }
   if (err) std::rethrow_exception(err);
-  for (size_t i = 0; i < ss.size(); i++) {
-    ss[i]->pending = ok[i] ? 0.f : 1.f;  // a zero gradient: retried at the next step
-    ss[i]->refreshed_for = ss[i]->step;
-    stats_.refreshes += ok[i];
-  }
+  for (size_t i = 0; i < ss.size(); i++) note_refresh(*ss[i], ok[i]);
   stats_.refresh_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
@@ -217,7 +223,7 @@ bool GaloreAdamW::needs_full_grad(const ParamRef& p) {
   for (const ParamPiece& tv : param_pieces(p)) {
     TensorState& s = state_of(tv);
     const int64_t step = s.step < 0 ? t_ : s.step;  // before begin_step: the coming step's number
-    if (!s.target || s.pending != 0.f || !s.proj.valid() || step % gc_.update_proj_gap == 0) return true;
+    if (!s.target || refreshes_at(s, step)) return true;
   }
   return false;
 }
@@ -264,16 +270,14 @@ void GaloreAdamW::step_param(const ParamRef& p, float lr, const float* lo_given)
     // the gradient the moments see: projected (targets) or as is
     const float* gm = g;
     if (lo_given) {
-      FRUGAL_CHECK(s.target && s.proj.valid() && s.pending == 0.f && s.step % gc_.update_proj_gap != 0,
+      FRUGAL_CHECK(s.target && !refreshes_at(s, s.step),
                    "GaLore-AdamW: a projected gradient for ", tv.name, " at a step that refreshes its projector");
       galore_acquire(s.proj, s.split, *comm_);  // project_back needs the whole right projector
       gm = lo_given;
     } else if (s.target) {
       if (refresh_due(s)) {  // not done by refresh_projectors
         const auto r0 = clock::now();
-        const bool ok = galore_refresh(s.proj, s.side, s.split, g, po, tv.name, s.step, *comm_, *be_);
-        s.pending = ok ? 0.f : 1.f;
-        stats_.refreshes += ok;
+        note_refresh(s, galore_refresh(s.proj, s.side, s.split, g, po, tv.name, s.step, *comm_, *be_));
         stats_.refresh_seconds += std::chrono::duration<double>(clock::now() - r0).count();
       }
       lo_.assign(nmom, 0.f);  // no projector yet: G was zero everywhere, so is its projection

@@ -107,7 +107,9 @@ class GaloreAdamW : public Optimizer {
  private:
   struct TensorState;
   TensorState& state_of(const ParamPiece& t);
+  bool refreshes_at(const TensorState& s, int64_t step) const;  // s's projector is refreshed at `step`
   bool refresh_due(const TensorState& s) const;  // this step refreshes s's projector, not done yet
+  void note_refresh(TensorState& s, bool ok);    // a refresh ran for s's current step (ok: computed)
   void end_io(TensorState& s, bool loaded, const std::string& name);
   AdamWConfig cfg_;
   GaloreConfig gc_;
