@@ -8,10 +8,13 @@
 //                     only inside MPI calls), then marks it done. wait() sleeps on a condition
 //                     variable for at most timeout_seconds() and throws naming the collective
 //                     when it expires; the job stays queued, so a later wait() can still succeed.
+//                     Before it throws, a liveness probe (PeerProbe below) finds which peers no
+//                     longer answer, and the message names them.
 #include <mpi.h>
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -24,6 +27,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "sharding/comm.h"
 #include "sharding/mpi_check.h"
@@ -177,6 +181,154 @@ struct MpiShared {
   std::deque<std::shared_ptr<MpiJob>> queue;
   std::atomic<bool> stop{false};
   std::atomic<bool> abandon{false};  // this rank is failing: stop making MPI calls at once
+  // Liveness probe: a timed-out wait() asks for probe number probe_wanted; the progress thread
+  // runs it and publishes its report with probe_done (both guarded by m, probe_wanted also read
+  // without the lock by the progress thread).
+  std::atomic<int64_t> probe_wanted{0};
+  int64_t probe_done = 0;
+  std::string probe_report;
+};
+
+// How long a probe waits for answers: the last quarter of the timeout (at most 10 s), so that a
+// collective still fails `timeout` seconds after its wait() began, now with the missing ranks named.
+double probe_window(double timeout) { return std::min(10.0, timeout / 4); }
+
+// ---- PeerProbe -----------------------------------------------------------------------------
+// Why a probe: a timed-out collective only says that some peer did not arrive. MPI cannot say
+// which (a nonblocking collective has no per-peer status), and a peer killed with -9 or cut off
+// by a dead link raises no error on the survivors (shared memory and a silent TCP link just stop
+// moving data). So after a timeout the survivors ask every peer directly: an 8-byte ping, point
+// to point on a private duplicate of the communicator, that every live rank's progress thread
+// answers whatever it is doing (driving another collective, or idle). A peer that does not answer
+// within probe_window() is named as dead or unreachable; if all answer, they are alive and the
+// job is stuck or diverged instead.
+// Why this is cheap: nothing is sent until a timeout fired. On the hot path the progress thread
+// only tests one pre-posted receive, at most once a millisecond while it drives a collective and
+// every 10 ms while idle.
+// Every request owns its 8-byte buffer (Pending), so a request that is cancelled or left to a dead
+// peer never shares memory with a later one; such requests are tested in the background until
+// they complete.
+class PeerProbe {
+ public:
+  PeerProbe(MPI_Comm c, int rank, int world) : c_(c), rank_(rank), world_(world), pong_in_(world), answered_(world) {
+    post_ping_receive();
+  }
+  bool active() const { return active_; }
+
+  // Answers pings that arrived and retires finished background requests.
+  void answer_pings() {
+    MPI_Status st;
+    while (test(ping_in_, &st)) {
+      Pending pong = pending(*ping_in_.buf);  // echo the probe's number
+      MPI_CHECK(MPI_Isend(pong.buf.get(), 1, MPI_INT64_T, st.MPI_SOURCE, kPong, c_, &pong.req));
+      background_.push_back(std::move(pong));
+      post_ping_receive();
+    }
+    std::erase_if(background_, [&](Pending& p) { return test(p, MPI_STATUS_IGNORE); });
+  }
+
+  // Pings every peer; answers are collected by poll() until `window` seconds from now.
+  void start(int64_t seq, double window) {
+    seq_ = seq;
+    deadline_ = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                       std::chrono::duration<double>(window));
+    window_ = window;
+    active_ = true;
+    for (int p = 0; p < world_; p++) {
+      answered_[p] = p == rank_;
+      if (p == rank_) continue;
+      post_pong_receive(p);
+      Pending ping = pending(seq);
+      MPI_CHECK(MPI_Isend(ping.buf.get(), 1, MPI_INT64_T, p, kPing, c_, &ping.req));
+      background_.push_back(std::move(ping));
+    }
+  }
+
+  // Collects answers; when the window has ended, returns true and the report.
+  bool poll(std::string* report) {
+    for (int p = 0; p < world_; p++) {
+      if (answered_[p] || !test(pong_in_[p], MPI_STATUS_IGNORE)) continue;
+      if (*pong_in_[p].buf == seq_) answered_[p] = 1;
+      else post_pong_receive(p);  // a late answer to an earlier probe
+    }
+    if (std::chrono::steady_clock::now() < deadline_) return false;
+    std::vector<int> missing;
+    for (int p = 0; p < world_; p++) {
+      if (answered_[p]) continue;
+      missing.push_back(p);
+      MPI_CHECK(MPI_Cancel(&pong_in_[p].req));  // completes in the background
+      background_.push_back(std::move(pong_in_[p]));
+    }
+    active_ = false;
+    *report = missing_report(missing);
+    return true;
+  }
+
+  // Cancels the ping receive and waits up to `seconds` for every request to complete; false when
+  // some did not (a send to a dead peer): the caller must then leak this object and its
+  // communicator, whose buffers MPI may still reference.
+  bool shutdown(double seconds) {
+    MPI_Cancel(&ping_in_.req);
+    background_.push_back(std::move(ping_in_));
+    if (active_)
+      for (int p = 0; p < world_; p++)
+        if (pong_in_[p].req != MPI_REQUEST_NULL) {
+          MPI_Cancel(&pong_in_[p].req);
+          background_.push_back(std::move(pong_in_[p]));
+        }
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                            std::chrono::duration<double>(seconds));
+    while (!background_.empty() && std::chrono::steady_clock::now() < end) {
+      std::erase_if(background_, [&](Pending& p) {
+        int flag = 0;
+        return MPI_Test(&p.req, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || flag;
+      });
+      sched_yield();
+    }
+    return background_.empty();
+  }
+
+ private:
+  static constexpr int kPing = 1, kPong = 2;
+  struct Pending {
+    MPI_Request req = MPI_REQUEST_NULL;
+    std::unique_ptr<int64_t> buf;
+  };
+  static Pending pending(int64_t v) { return Pending{MPI_REQUEST_NULL, std::make_unique<int64_t>(v)}; }
+  static bool test(Pending& p, MPI_Status* st) {
+    if (p.req == MPI_REQUEST_NULL) return false;
+    int flag = 0;
+    MPI_CHECK(MPI_Test(&p.req, &flag, st));
+    return flag != 0;
+  }
+  void post_ping_receive() {
+    ping_in_ = pending(0);
+    MPI_CHECK(MPI_Irecv(ping_in_.buf.get(), 1, MPI_INT64_T, MPI_ANY_SOURCE, kPing, c_, &ping_in_.req));
+  }
+  void post_pong_receive(int p) {
+    pong_in_[p] = pending(-1);
+    MPI_CHECK(MPI_Irecv(pong_in_[p].buf.get(), 1, MPI_INT64_T, p, kPong, c_, &pong_in_[p].req));
+  }
+  std::string missing_report(const std::vector<int>& missing) const {
+    if (missing.empty())
+      return str("every other rank answered a liveness probe (all alive: a rank is stuck elsewhere or the ranks "
+                 "diverged)");
+    std::string list;
+    for (size_t i = 0; i < missing.size(); i++) list += (i ? ", " : "") + std::to_string(missing[i]);
+    return str(missing.size() == 1 ? "rank " : "ranks ", list, " did not answer a liveness probe within ", window_,
+               " s (dead, or unreachable over the network)");
+  }
+
+  MPI_Comm c_;
+  int rank_, world_;
+  Pending ping_in_;                   // any-source receive of pings, always posted
+  std::vector<Pending> pong_in_;      // per peer, during a probe
+  std::vector<char> answered_;        // per peer, during a probe
+  std::vector<Pending> background_;   // answers sent, pings sent, cancelled receives
+  bool active_ = false;
+  int64_t seq_ = 0;
+  double window_ = 0;
+  std::chrono::steady_clock::time_point deadline_;
 };
 
 class MpiCommunicator;
@@ -191,11 +343,24 @@ struct MpiRequestImpl : CommRequest::Impl {
   void wait() override {
     std::unique_lock<std::mutex> lk(sh->m);
     if (!job->done) {
-      const double t = comm->timeout_seconds();
-      const auto dur = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(t));
-      if (!sh->done_cv.wait_for(lk, dur, [&] { return job->done; }))
-        fail("rank ", rank, "/", world, ": ", job->what, " did not finish within ", t,
-             " s (a peer rank is stuck or dead)");
+      const double t = comm->timeout_seconds(), w = probe_window(t);
+      auto dur = [](double s) {
+        return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
+      };
+      if (!sh->done_cv.wait_for(lk, dur(t - w), [&] { return job->done; })) {
+        // Not done in time: ask the progress thread for a liveness probe over the rest of the timeout
+        // (its report names the peers that no longer answer), then fail unless the job finished.
+        const int64_t ticket = ++sh->probe_wanted;
+        sh->work_cv.notify_all();
+        const double grace = 2.0;  // the progress thread publishes within a poll of the window's end
+        sh->done_cv.wait_for(lk, dur(w + grace), [&] { return job->done || sh->probe_done >= ticket; });
+        if (!job->done) {
+          const std::string report = sh->probe_done >= ticket
+                                         ? sh->probe_report
+                                         : "no liveness probe report (this rank's progress thread is stuck in MPI)";
+          fail("rank ", rank, "/", world, ": ", job->what, " did not finish within ", t, " s: ", report);
+        }
+      }
     }
     if (!job->error.empty()) throw Error(job->error);
   }
@@ -230,6 +395,9 @@ class MpiCommunicator : public Communicator {
     MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
     MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     MPI_CHECK(MPI_Comm_size(comm_, &world_));
+    MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &probe_comm_));
+    MPI_CHECK(MPI_Comm_set_errhandler(probe_comm_, MPI_ERRORS_RETURN));
+    probe_ = std::make_unique<PeerProbe>(probe_comm_, rank_, world_);
     thread_ = std::thread([this] { progress_loop(); });
   }
 
@@ -245,7 +413,11 @@ class MpiCommunicator : public Communicator {
     int fin = 0;
     MPI_Finalized(&fin);
     // An abandoned collective may still reference the communicator: leak it rather than free it.
-    if (!fin && !abandoned_ && !sh_->abandon) MPI_Comm_free(&comm_);
+    // Likewise the probe: a ping to a dead peer may never complete.
+    const bool clean = !fin && !abandoned_ && !sh_->abandon;
+    if (clean) MPI_Comm_free(&comm_);
+    if (clean && probe_->shutdown(1.0)) MPI_Comm_free(&probe_comm_);
+    else (void)probe_.release();
   }
 
   int rank() const override { return rank_; }
@@ -380,7 +552,14 @@ class MpiCommunicator : public Communicator {
       std::shared_ptr<MpiJob> job;
       {
         std::unique_lock<std::mutex> lk(sh_->m);
-        sh_->work_cv.wait(lk, [&] { return sh_->stop || !sh_->queue.empty(); });
+        // Idle: wake every 10 ms to answer liveness pings (and run a requested probe).
+        while (!sh_->stop && sh_->queue.empty()) {
+          if (sh_->work_cv.wait_for(lk, std::chrono::milliseconds(10), [&] { return sh_->stop || !sh_->queue.empty(); }))
+            break;
+          lk.unlock();
+          service_probe();
+          lk.lock();
+        }
         if (sh_->queue.empty()) return;  // stop requested and nothing left
         job = sh_->queue.front();
         sh_->queue.pop_front();
@@ -408,10 +587,16 @@ class MpiCommunicator : public Communicator {
   // the timeout (a peer is gone), the request is abandoned so the destructor cannot hang.
   void complete(MPI_Request* req) {
     const auto t0 = std::chrono::steady_clock::now();
+    auto last_service = t0;
     for (;;) {
       int flag = 0;
       MPI_CHECK(MPI_Test(req, &flag, MPI_STATUS_IGNORE));
       if (flag) return;
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_service >= std::chrono::milliseconds(1)) {
+        service_probe();
+        last_service = now;
+      }
       if (sh_->abandon.load(std::memory_order_relaxed)) {
         abandoned_ = true;
         fail("abandoned (this rank is failing)");
@@ -427,8 +612,32 @@ class MpiCommunicator : public Communicator {
     }
   }
 
+  // Progress thread: answers peers' pings, starts a probe a timed-out wait() asked for, and
+  // publishes the report of a finished one.
+  void service_probe() {
+    probe_->answer_pings();
+    if (!probe_->active()) {
+      const int64_t wanted = sh_->probe_wanted.load();
+      if (wanted > probe_started_) {
+        probe_started_ = wanted;
+        probe_->start(wanted, probe_window(timeout_seconds()));
+      }
+      return;
+    }
+    std::string report;
+    if (!probe_->poll(&report)) return;
+    {
+      std::lock_guard<std::mutex> lk(sh_->m);
+      sh_->probe_done = probe_started_;
+      sh_->probe_report = std::move(report);
+    }
+    sh_->done_cv.notify_all();
+  }
+
   std::shared_ptr<MpiShared> sh_;
-  MPI_Comm comm_ = MPI_COMM_NULL;
+  MPI_Comm comm_ = MPI_COMM_NULL, probe_comm_ = MPI_COMM_NULL;
+  std::unique_ptr<PeerProbe> probe_;  // used by the progress thread only
+  int64_t probe_started_ = 0;         // progress thread only
   int rank_ = 0, world_ = 1;
   bool abandoned_ = false;  // written by the progress thread, read after join
   std::thread thread_;
