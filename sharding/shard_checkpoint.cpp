@@ -245,7 +245,9 @@ void save_sharded_checkpoint(const std::string& path, const TrainState& st, cons
     };
     for (const LayoutTensor& t : tensors) {
       const UnitLayout& u = L.units[size_t(t.unit)];
-      const auto [lo, hi] = shard_range(u.train_padded, L.world, g.rank);
+      // Not a structured binding: clang 14 (the sanitizer/fuzz build) cannot capture one in a lambda.
+      const std::pair<size_t, size_t> range = shard_range(u.train_padded, L.world, g.rank);
+      const size_t lo = range.first, hi = range.second;
       put("/params/" + t.name, t.shape, [&](hid_t d) { transfer_part(d, dxpl, t, lo, hi, b.w[size_t(t.unit)], true); });
     }
     for (const OptimStatePart& q : b.optim)
@@ -327,7 +329,9 @@ TrainState load_sharded_checkpoint(const std::string& path, const ModelLayout& L
     };
     for (const LayoutTensor& t : tensors) {
       const UnitLayout& u = L.units[size_t(t.unit)];
-      const auto [lo, hi] = shard_range(u.train_padded, L.world, g.rank);
+      // Not a structured binding: clang 14 (the sanitizer/fuzz build) cannot capture one in a lambda.
+      const std::pair<size_t, size_t> range = shard_range(u.train_padded, L.world, g.rank);
+      const size_t lo = range.first, hi = range.second;
       get("/params/" + t.name, [&](hid_t d) { transfer_part(d, dxpl, t, lo, hi, b.w[size_t(t.unit)], false); });
     }
     if (load_optimizer)
