@@ -311,8 +311,12 @@ TEST(Comm, TimeoutNamesCollectiveThenLateJoinCompletes) {
   size_t bad = 0;
   for (int r = 0; r < W; ++r)
     for (size_t i = 0; i < n; ++i) bad += !same(recv[r * n + i], val<float>(r, i));
-  const std::string want = str("rank 0/", W, ": all_gather of 1023 f32 did not finish within 0.3 s (a peer rank is stuck or dead)");
-  const bool ok = R != 0 || (msg == want && seconds_to_error >= 0.3 && seconds_to_error < 2.5);
+  // The message goes on with the liveness probe's report (here normally "every other rank answered":
+  // the late ranks are alive; a 75 ms probe window on a loaded machine may miss one, so only the
+  // report's presence is checked; comm_fail_stuck/_die check its content).
+  const std::string want = str("rank 0/", W, ": all_gather of 1023 f32 did not finish within 0.3 s: ");
+  const bool ok = R != 0 || (msg.rfind(want, 0) == 0 && msg.find("liveness probe") != std::string::npos &&
+                             seconds_to_error >= 0.3 && seconds_to_error < 2.5);
   EXPECT_ALL_RANKS(ok, "message '" << msg << "' after " << seconds_to_error << " s");
   EXPECT_ALL_RANKS(bad == 0, bad << " wrong elements after the late join");
   c->barrier();  // both resynchronized
