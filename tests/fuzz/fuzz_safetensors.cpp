@@ -11,7 +11,8 @@
 #include "src/io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const auto [file, index] = fuzz::split(data, size, "\n--index--\n");
+  const auto parts = fuzz::split(data, size, "\n--index--\n");  // no structured binding: clang 14 cannot capture one
+  const std::string_view file = parts.first, index = parts.second;
   const auto* bytes = reinterpret_cast<const uint8_t*>(file.data());
   fuzz::expect_clean([&] {
     std::vector<frugal::TensorView> tensors;
