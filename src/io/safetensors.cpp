@@ -391,6 +391,7 @@ std::vector<std::string> SafetensorsModel::names() const {
 // Element loads go through memcpy: a tensor's data need not be aligned in a foreign file.
 void to_float(const TensorView& t, float* out) {
   const int64_t n = t.numel();
+  if (n == 0) return;  // an empty tensor: out may be null, and memcpy(null, ..., 0) is undefined
   const uint8_t* src = t.data;
   switch (t.dtype) {
     case DType::F32:
