@@ -22,7 +22,9 @@
 #include <string>
 #include <vector>
 
+#include "src/io/safetensors.h"
 #include "src/model/init.h"
+#include "tests/test_util.h"
 #include "src/train/recipe.h"
 #include "src/train/trainer.h"
 
@@ -323,4 +325,47 @@ TEST_F(TrainerTest, ErrorsNameThePath) {
     }
   }
   EXPECT_THROW(Trainer::latest_checkpoint(dir_->sub("nothing_here")), Error);
+}
+
+// Bad training inputs stop at setup, before step 1, naming the key / tensor and the file.
+// (g) data.seq_len past max_position_embeddings (16 here) without rope scaling; seq_len = 16 still works.
+TEST_F(TrainerTest, SeqLenBeyondContextFails) {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.max_position_embeddings = 16;
+  const std::string model = dir_->sub("ctx16");
+  init_model(c, model, 7);
+  Recipe r = base("ctx");
+  r.model_path = model;
+  r.seq_len = 32;
+  test_util::expect_error([&] { Trainer t(r); },
+                          {"data.seq_len = 32", "max_position_embeddings = 16", model + "/config.json", "rope_scaling"});
+  r.seq_len = 16;
+  EXPECT_NO_THROW({ Trainer t(r); });
+}
+
+// (h) one NaN written into model.norm.weight of the model file: the load names that tensor and file.
+TEST_F(TrainerTest, NonFiniteWeightFails) {
+  const std::string model = dir_->sub("nanmodel");
+  init_model(LlamaConfig::preset("tiny"), model, 7);
+  const std::string file = model + "/model.safetensors";
+  size_t off = 0;
+  DType dt;
+  {
+    SafetensorsFile f(file);
+    const TensorView* t = f.find("model.norm.weight");
+    ASSERT_NE(t, nullptr);
+    off = 8 + f.header_size() + (size_t)(t->data - f.tensors()[0].data) + 3 * (t->nbytes / (size_t)t->numel());  // element 3
+    dt = t->dtype;
+  }
+  {
+    std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp((std::streamoff)off);
+    const uint32_t nan32 = 0x7FC00000u;
+    const uint16_t nan16 = 0x7FC0u;
+    if (dt == DType::F32) io.write((const char*)&nan32, 4);
+    else io.write((const char*)&nan16, 2);
+  }
+  Recipe r = base("nan");
+  r.model_path = model;
+  test_util::expect_error([&] { Trainer t(r); }, {"model.norm.weight", file, "non-finite", "element 3"});
 }

@@ -419,6 +419,33 @@ void to_float(const TensorView& t, float* out) {
   }
 }
 
+namespace {
+// true where the element's exponent bits are all ones: Inf or NaN in F32, BF16 and F16 alike
+bool nonfinite_at(const uint8_t* src, DType dt, int64_t i) {
+  if (dt == DType::F32) {
+    uint32_t b;
+    std::memcpy(&b, src + 4 * i, 4);
+    return (b & 0x7F800000u) == 0x7F800000u;
+  }
+  uint16_t b;
+  std::memcpy(&b, src + 2 * i, 2);
+  return dt == DType::BF16 ? (b & 0x7F80u) == 0x7F80u : (b & 0x7C00u) == 0x7C00u;
+}
+}  // namespace
+
+void check_finite(const TensorView& t) {
+  if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16) return;
+  const int64_t n = t.numel();
+  int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; i++) bad |= nonfinite_at(t.data, t.dtype, i) ? 1 : 0;
+  if (!bad) return;
+  int64_t first = 0;  // the error path only: find the first one to name it
+  while (!nonfinite_at(t.data, t.dtype, first)) first++;
+  fail("tensor ", t.name, " in ", t.file, " has a non-finite value (NaN or Inf) at element ", first,
+       "; the weights are corrupt or were saved after a diverged run");
+}
+
 void to_bf16(const TensorView& t, bf16* out) {
   const int64_t n = t.numel();
   const uint8_t* src = t.data;

@@ -108,6 +108,9 @@ class SafetensorsModel {
 // "unsupported dtype X for tensor Y in FILE".
 void to_float(const TensorView& t, float* out);
 void to_bf16(const TensorView& t, bf16* out);
+// Throws "tensor Y in FILE has a non-finite value (NaN or Inf) at element i" when a F32/BF16/F16
+// tensor holds one (an all-ones exponent); other dtypes pass. One read of the raw bytes.
+void check_finite(const TensorView& t);
 
 // Drops the (clean, file-backed) pages of a mapped range once its bytes have been converted, so
 // loading or merging a model never holds the whole file resident beside its converted copy.

@@ -20,6 +20,7 @@ struct Loader {
     if (t.shape != shape)
       fail("tensor ", name, " in ", t.file, " has shape ", shape_str(t.shape), ", expected ",
            shape_str(shape));
+    check_finite(t);  // a NaN/Inf weight would only surface as a NaN loss at step 1
     return t;
   }
   avector<bf16> bf16s(const std::string& name, const std::vector<int64_t>& shape) const {

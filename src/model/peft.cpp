@@ -239,6 +239,7 @@ static void set_saved_module(LlamaModel& m, const std::string& hf, const TensorV
   auto check = [&](const std::vector<int64_t>& shape) {
     if (t.shape != shape)
       fail("tensor ", t.name, " in ", file, " has shape ", shape_str(t.shape), ", expected ", shape_str(shape), " for ", hf);
+    check_finite(t);
   };
   auto set_norm = [&](NormParam& p) {
     check({C});
@@ -364,6 +365,8 @@ void load_peft_adapter(LlamaModel& m, const std::string& dir) {
         fail("tensor ", A.name, " in ", st.path(), " has shape ", shape_str(A.shape), ", expected ", shape_str(sa));
       if (B.shape != sb)
         fail("tensor ", B.name, " in ", st.path(), " has shape ", shape_str(B.shape), ", expected ", shape_str(sb));
+      check_finite(A);
+      check_finite(B);
       to_float(A, ad.A.data());
       to_float(B, ad.B.data());
     }

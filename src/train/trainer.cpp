@@ -135,6 +135,7 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r) {
     load_dense_shards(dir, *layout_, comm_->rank(), w);
     params_ = fsdp_->shard_params();
   }
+  check_context(dir);
   if (params_.empty()) fail(r_.path, ": nothing to train (lora.target_modules selects no linear, train.trainable is empty)");
   if (r_.optim_name == "galore_adamw" && r_.galore.per_layer) {
     if (W > 1)
@@ -149,6 +150,16 @@ Trainer::Trainer(const Recipe& r, Communicator* comm) : r_(r) {
   sched_ = r_.schedule();
   sched_.total_steps = std::max(1, sched_.total_steps);  // a recipe that skipped validate()
   sched_.validate();
+}
+
+// data.seq_len beyond the model's trained context without RoPE scaling: positions past
+// max_position_embeddings were never seen, so the run would train on garbage attention.
+void Trainer::check_context(const std::string& dir) const {
+  const LlamaConfig& c = model_->config();
+  if (r_.seq_len > c.max_position_embeddings && c.rope.type == fm::ROPE_DEFAULT)
+    fail(r_.path, ": data.seq_len = ", r_.seq_len, " exceeds max_position_embeddings = ", c.max_position_embeddings,
+         " in ", (fs::path(dir) / "config.json").string(), " and the model has no rope_scaling; lower data.seq_len "
+         "or set rope_scaling (e.g. linear/yarn/llama3) in that config.json");
 }
 
 // ds_ and loader_ from the recipe (the synthetic set and the shuffle order depend on r_.seed).

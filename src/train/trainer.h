@@ -110,6 +110,7 @@ class Trainer {
   std::vector<int32_t> ids_, targets_;         // [accum, B, T] of the current step
 
   void setup_data();                           // ds_ + loader_ (synthetic data depends on the seed)
+  void check_context(const std::string& dir) const;  // data.seq_len vs the model's max_position_embeddings
   void write_checkpoint_rotating();            // step-<N>.h5 + latest, keep the last checkpoint_keep
   bool root() const { return comm_->rank() == 0; }
 };
