@@ -52,17 +52,22 @@ shape() {  # shape RATE: tbf on both ends of the data link
 }
 shape 1gbit || skip "tc tbf not available"
 
+# Each "host" also gets its own UTS namespace whose host name is the namespace name: OpenMPI keys its
+# session directory (/tmp/ompi.HOST.UID/jf.N) on the host name, and two daemons of one job sharing
+# it collide ("mkdir ... File exists", orte_session_dir failed); it also lets mpirun see A as local.
+command -v unshare > /dev/null || skip "no unshare (util-linux)"
+unshare --uts true 2> /dev/null || skip "cannot create a UTS namespace"
 cat > "$WORK/agent.sh" << AGENT
 #!/bin/sh
 # rsh agent: the "host" is a namespace name; run the rest in it (as ssh would, through a shell).
 ns=\$1; shift
-exec ip netns exec "\$ns" /bin/sh -c "\$*"
+exec ip netns exec "\$ns" unshare --uts /bin/sh -c "hostname \$ns && \$*"
 AGENT
 chmod +x "$WORK/agent.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 unset OMPI_MCA_btl  # the ctest environment selects shared memory; here it must be TCP
 mpirun2() {  # rank 0 in A, rank 1 in B
-  ip netns exec $A "$MPIRUN" --bind-to none --oversubscribe -np 2 --host $A,$B \
+  ip netns exec $A unshare --uts /bin/sh -c 'hostname "$0" && exec "$@"' $A "$MPIRUN" --bind-to none --oversubscribe -np 2 --host $A,$B \
     --mca plm_rsh_agent "$WORK/agent.sh" --mca pml ob1 --mca btl tcp,self \
     --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.78.0.0/24 "$@"
 }
